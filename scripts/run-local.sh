@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# Runs the whole platform locally: Redis, a Kafka broker and the five services
+# on their default ports (8081 ingest, 8082 registry, 8083 reboot-command,
+# 8084 config-center, 8085 stream-processor). Ctrl-C or SIGTERM stops everything
+# it started. Addresses go to .run/env for other tools and tests.
+#
+#   scripts/run-local.sh [--kafka embedded|apache]
+#
+# embedded (default): librdkafka's mock cluster, memory only, no exactly-once
+#                     guarantees — for trying things out.
+# apache:             a real Apache Kafka broker in KRaft mode (scripts/kafka-local.sh).
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+
+BUILD=${BUILD:-build}
+KAFKA_MODE=embedded
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --kafka) KAFKA_MODE=$2; shift 2 ;;
+    *) die "usage: $0 [--kafka embedded|apache]" ;;
+  esac
+done
+case "$KAFKA_MODE" in embedded|apache) ;; *) die "--kafka must be embedded or apache" ;; esac
+
+SERVICES=(webhook-ingest robot-registry reboot-command config-center stream-processor)
+declare -A PORT=([webhook-ingest]=8081 [robot-registry]=8082 [reboot-command]=8083
+                 [config-center]=8084 [stream-processor]=8085)
+LOG_DIR=$RUN_DIR/logs
+PID_DIR=$RUN_DIR/pids
+mkdir -p "$LOG_DIR" "$PID_DIR"
+rm -f "$RUN_DIR/env"
+
+for s in "${SERVICES[@]}"; do
+  [ -x "$BUILD/bin/$s" ] || die "$BUILD/bin/$s is missing: run 'make'"
+  if (exec 3<>"/dev/tcp/127.0.0.1/${PORT[$s]}") 2>/dev/null; then
+    die "port ${PORT[$s]} (for $s) is already in use"
+  fi
+done
+
+stopping=0
+cleanup() {
+  [ "$stopping" = 1 ] && return
+  stopping=1
+  echo "stopping..."
+  for s in "${SERVICES[@]}"; do
+    [ -f "$PID_DIR/$s.pid" ] && kill -TERM "$(cat "$PID_DIR/$s.pid")" 2>/dev/null || true
+  done
+  for s in "${SERVICES[@]}"; do stop_pidfile "$PID_DIR/$s.pid" 30; done
+  stop_pidfile "$PID_DIR/mock-broker.pid" 10
+  [ "$KAFKA_MODE" = apache ] && "$ROOT_DIR/scripts/kafka-local.sh" stop || true
+  "$ROOT_DIR/scripts/redis-local.sh" stop || true
+  echo "stopped"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+eval "$("$ROOT_DIR/scripts/redis-local.sh" start | grep '^REDIS_URL=')"
+if [ "$KAFKA_MODE" = apache ]; then
+  eval "$("$ROOT_DIR/scripts/kafka-local.sh" start | grep '^KAFKA_BOOTSTRAP_SERVERS=')"
+else
+  rm -f "$RUN_DIR/mock-broker.env"
+  "$BUILD/bin/mock-broker" --env-file "$RUN_DIR/mock-broker.env" \
+    > "$LOG_DIR/mock-broker.log" 2>&1 < /dev/null &
+  echo $! > "$PID_DIR/mock-broker.pid"
+  for _ in $(seq 100); do [ -s "$RUN_DIR/mock-broker.env" ] && break; sleep 0.1; done
+  [ -s "$RUN_DIR/mock-broker.env" ] || die "embedded broker did not start, see $LOG_DIR/mock-broker.log"
+  eval "$(cat "$RUN_DIR/mock-broker.env")"
+  env_set KAFKA_BOOTSTRAP_SERVERS "$KAFKA_BOOTSTRAP_SERVERS"
+fi
+export REDIS_URL KAFKA_BOOTSTRAP_SERVERS
+
+for s in "${SERVICES[@]}"; do
+  HTTP_PORT=${PORT[$s]} "$BUILD/bin/$s" -c "$ROOT_DIR/services/$s/$s.yaml" \
+    >> "$LOG_DIR/$s.log" 2>&1 < /dev/null &
+  echo $! > "$PID_DIR/$s.pid"
+  var=$(echo "$s" | tr 'a-z-' 'A-Z_')_URL
+  env_set "$var" "http://127.0.0.1:${PORT[$s]}"
+done
+
+echo "waiting for the services to be ready..."
+deadline=$((SECONDS + 90))
+for s in "${SERVICES[@]}"; do
+  until curl -fsS -o /dev/null "http://127.0.0.1:${PORT[$s]}/readyz" 2>/dev/null; do
+    pid_alive "$PID_DIR/$s.pid" || die "$s exited, see $LOG_DIR/$s.log"
+    [ $SECONDS -lt $deadline ] || die "$s is not ready after 90 s, see $LOG_DIR/$s.log"
+    sleep 0.2
+  done
+done
+
+echo
+echo "Robot Fleet Control Platform is running (Kafka: $KAFKA_MODE)"
+[ "$KAFKA_MODE" = embedded ] &&
+  echo "  note: the embedded broker keeps nothing and gives no exactly-once guarantees"
+printf '  %-18s %s\n' redis "$REDIS_URL" kafka "$KAFKA_BOOTSTRAP_SERVERS"
+for s in "${SERVICES[@]}"; do
+  printf '  %-18s http://127.0.0.1:%s  (log: %s)\n' "$s" "${PORT[$s]}" "$LOG_DIR/$s.log"
+done
+echo "  addresses written to $RUN_DIR/env; Ctrl-C stops everything"
+
+while true; do
+  for s in "${SERVICES[@]}"; do
+    pid_alive "$PID_DIR/$s.pid" || die "$s exited unexpectedly, see $LOG_DIR/$s.log"
+  done
+  sleep 1
+done
