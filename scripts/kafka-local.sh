@@ -41,6 +41,11 @@ start() {
     echo "KAFKA_BOOTSTRAP_SERVERS=$(cat "$KAFKA_DIR/bootstrap")"
     return 0
   fi
+  # KAFKA_KEEP_DATA=1 restarts a stopped broker with its data and ports (fault tests).
+  if [ "${KAFKA_KEEP_DATA:-0}" = 1 ] && [ -f "$KAFKA_DIR/data/meta.properties" ]; then
+    launch "$(sed 's/.*://' "$KAFKA_DIR/bootstrap")"
+    return 0
+  fi
   local port=${KAFKA_PORT:-$(free_port)} cport
   cport=$(free_port)
   rm -rf "$KAFKA_DIR/data"
@@ -78,6 +83,13 @@ P
   java_run kafka.tools.StorageTool format -t "$(java_run kafka.tools.StorageTool random-uuid)" \
     -c "$KAFKA_DIR/server.properties" > "$KAFKA_DIR/format.log" 2>&1 ||
     die "storage format failed, see $KAFKA_DIR/format.log"
+  launch "$port"
+}
+
+# launch PORT: runs the broker configured in $KAFKA_DIR and waits until it serves.
+launch() {
+  local port=$1
+  : > "$KAFKA_DIR/server.log"
   JAVA_EXEC=exec java_run kafka.Kafka "$KAFKA_DIR/server.properties" < /dev/null > "$KAFKA_DIR/stdout.log" 2>&1 &
   echo $! > "$PIDFILE"
   echo "127.0.0.1:$port" > "$KAFKA_DIR/bootstrap"

@@ -68,7 +68,12 @@ else
   eval "$(cat "$RUN_DIR/mock-broker.env")"
   env_set KAFKA_BOOTSTRAP_SERVERS "$KAFKA_BOOTSTRAP_SERVERS"
 fi
-export REDIS_URL KAFKA_BOOTSTRAP_SERVERS
+# One key for every service that seals or opens secrets, kept across runs.
+if [ -z "${SECRETS_KEY:-}" ]; then
+  [ -s "$RUN_DIR/secrets.key" ] || (umask 077; head -c 32 /dev/urandom | base64 > "$RUN_DIR/secrets.key")
+  SECRETS_KEY=$(cat "$RUN_DIR/secrets.key")
+fi
+export REDIS_URL KAFKA_BOOTSTRAP_SERVERS SECRETS_KEY
 
 for s in "${SERVICES[@]}"; do
   HTTP_PORT=${PORT[$s]} "$BUILD/bin/$s" -c "$ROOT_DIR/services/$s/$s.yaml" \

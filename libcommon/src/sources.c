@@ -1,0 +1,353 @@
+/*
+ * Vendor source records in Redis and a read-mostly cache of them (see sources.h).
+ */
+#include "sources.h"
+
+#include <errno.h>
+#include <openssl/crypto.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "crypto.h"
+#include "json.h"
+#include "keyring.h"
+#include "log.h"
+#include "redis.h"
+#include "str.h"
+#include "timeutil.h"
+#include "xalloc.h"
+
+#define SOURCE_MAX_SECRETS 8
+#define SECRET_MAX_BYTES   256
+
+bool source_id_valid(const char *id)
+{
+    size_t n = 0;
+    for (; id[n]; n++) {
+        char ch = id[n];
+        if (n >= SOURCE_ID_MAX ||
+            !((ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') || ch == '-' || ch == '_'))
+            return false;
+    }
+    return n > 0;
+}
+
+int source_scheme_parse(const char *s, enum source_scheme *out)
+{
+    if (s && strcmp(s, "standard-webhooks") == 0)
+        *out = SOURCE_SCHEME_STANDARD_WEBHOOKS;
+    else if (s && strcmp(s, "github-sha256") == 0)
+        *out = SOURCE_SCHEME_GITHUB_SHA256;
+    else
+        return -EINVAL;
+    return 0;
+}
+
+const char *source_scheme_name(enum source_scheme s)
+{
+    return s == SOURCE_SCHEME_GITHUB_SHA256 ? "github-sha256" : "standard-webhooks";
+}
+
+bool source_secret_active(const struct source_secret *s, int64_t now_ms)
+{
+    return s->expires_at_ms == 0 || now_ms < s->expires_at_ms;
+}
+
+void source_free(struct source *s)
+{
+    if (!s)
+        return;
+    for (size_t i = 0; i < s->nsecrets; i++) {
+        OPENSSL_cleanse(s->secrets[i].key, s->secrets[i].keylen);
+        free(s->secrets[i].key);
+    }
+    free(s->secrets);
+    if (s->api_token) {
+        OPENSSL_cleanse(s->api_token, strlen(s->api_token));
+        free(s->api_token);
+    }
+    free(s->base_url);
+    free(s->id);
+    free(s);
+}
+
+/* "whsec_<base64>" is the Standard Webhooks form; anything else is used as raw bytes. */
+static int secret_key(const char *text, struct source_secret *out)
+{
+    size_t len = strlen(text);
+    if (len == 0 || len > SECRET_MAX_BYTES)
+        return -EINVAL;
+    if (str_has_prefix(text, "whsec_")) {
+        out->key = xmalloc(len);
+        if (crypto_base64_decode(text + 6, len - 6, out->key, len, &out->keylen) != 0 ||
+            out->keylen == 0) {
+            free(out->key);
+            out->key = NULL;
+            return -EINVAL;
+        }
+        return 0;
+    }
+    out->key = (uint8_t *)xstrdup(text);
+    out->keylen = len;
+    return 0;
+}
+
+static int parse_secrets(const char *json, struct source *s)
+{
+    cJSON *root = json_parse(json, strlen(json), NULL, 0);
+    int rc = -EINVAL;
+    if (!cJSON_IsArray(root) || cJSON_GetArraySize(root) > SOURCE_MAX_SECRETS)
+        goto out;
+    s->secrets = xcalloc((size_t)cJSON_GetArraySize(root) + 1, sizeof(*s->secrets));
+    const cJSON *item;
+    cJSON_ArrayForEach(item, root)
+    {
+        const char *text = json_get_str(item, "secret");
+        int64_t expires = 0;
+        if (!text || json_get_int(item, "expires_at_ms", &expires) == -EINVAL)
+            goto out;
+        struct source_secret *sec = &s->secrets[s->nsecrets];
+        if (secret_key(text, sec) != 0)
+            goto out;
+        sec->expires_at_ms = expires;
+        s->nsecrets++;
+    }
+    rc = 0;
+out:
+    cJSON_Delete(root);
+    return rc;
+}
+
+static const char *hash_field(const redisReply *reply, const char *name)
+{
+    for (size_t i = 0; i + 1 < reply->elements; i += 2) {
+        const redisReply *k = reply->element[i], *v = reply->element[i + 1];
+        if (k->type == REDIS_REPLY_STRING && v->type == REDIS_REPLY_STRING &&
+            strcmp(k->str, name) == 0)
+            return v->str;
+    }
+    return NULL;
+}
+
+static int open_field(const struct keyring *k, const char *id, const char *field,
+                      const char *sealed, char **plain)
+{
+    char aad[SOURCE_ID_MAX + 64];
+    snprintf(aad, sizeof(aad), "source:%s:%s", id, field);
+    int rc = keyring_open(k, aad, sealed, plain, NULL);
+    return rc == 0 ? 0 : rc == -EINVAL ? -EINVAL : -EBADMSG;
+}
+
+int sources_load(struct redis *r, const struct keyring *k, const char *id, struct source **out)
+{
+    char key[SOURCE_ID_MAX + 8];
+    if (!source_id_valid(id))
+        return -ENOENT;
+    snprintf(key, sizeof(key), "source:%s", id);
+    redisReply *reply = redis_cmd(r, "HGETALL", key, (char *)NULL);
+    if (!reply)
+        return -EIO;
+    if (reply->type != REDIS_REPLY_ARRAY) {
+        freeReplyObject(reply);
+        return -EIO;
+    }
+    if (reply->elements == 0) {
+        freeReplyObject(reply);
+        return -ENOENT;
+    }
+    struct source *s = xcalloc(1, sizeof(*s));
+    char *secrets_json = NULL;
+    int rc = -EINVAL;
+    const char *scheme = hash_field(reply, "signature_scheme");
+    const char *base_url = hash_field(reply, "base_url");
+    const char *token = hash_field(reply, "api_token");
+    const char *secrets = hash_field(reply, "webhook_secrets");
+    const char *version = hash_field(reply, "version");
+    s->id = xstrdup(id);
+    s->base_url = xstrdup(base_url ? base_url : "");
+    if (scheme && source_scheme_parse(scheme, &s->scheme) != 0)
+        goto out;
+    if (version && str_to_int64(version, &s->version) != 0)
+        goto out;
+    if (token && *token && (rc = open_field(k, id, "api_token", token, &s->api_token)) != 0)
+        goto out;
+    if (secrets && *secrets) {
+        if ((rc = open_field(k, id, "webhook_secrets", secrets, &secrets_json)) != 0)
+            goto out;
+        if ((rc = parse_secrets(secrets_json, s)) != 0)
+            goto out;
+    }
+    rc = 0;
+out:
+    if (secrets_json) {
+        OPENSSL_cleanse(secrets_json, strlen(secrets_json));
+        free(secrets_json);
+    }
+    freeReplyObject(reply);
+    if (rc) {
+        source_free(s);
+        return rc;
+    }
+    *out = s;
+    return 0;
+}
+
+/* ---- cache ---- */
+
+struct cache_entry {
+    char id[SOURCE_ID_MAX + 1];
+    struct source *src; /* NULL: known not to exist until neg_until_ms */
+    int64_t neg_until_ms;
+};
+
+struct source_cache {
+    struct redis *redis;
+    const struct keyring *keyring;
+    int negative_ttl_ms;
+    pthread_rwlock_t lock;
+    struct cache_entry *entries;
+    size_t n, cap;
+};
+
+struct source_cache *source_cache_new(struct redis *r, const struct keyring *k, int negative_ttl_ms)
+{
+    struct source_cache *c = xcalloc(1, sizeof(*c));
+    c->redis = r;
+    c->keyring = k;
+    c->negative_ttl_ms = negative_ttl_ms;
+    pthread_rwlock_init(&c->lock, NULL);
+    return c;
+}
+
+void source_cache_free(struct source_cache *c)
+{
+    if (!c)
+        return;
+    for (size_t i = 0; i < c->n; i++)
+        source_free(c->entries[i].src);
+    free(c->entries);
+    pthread_rwlock_destroy(&c->lock);
+    free(c);
+}
+
+static struct cache_entry *find(struct source_cache *c, const char *id)
+{
+    for (size_t i = 0; i < c->n; i++)
+        if (strcmp(c->entries[i].id, id) == 0)
+            return &c->entries[i];
+    return NULL;
+}
+
+/* Stores (or replaces) an entry; takes ownership of src. Caller holds the write lock. */
+static void put(struct source_cache *c, const char *id, struct source *src)
+{
+    struct cache_entry *e = find(c, id);
+    if (!e) {
+        if (c->n == c->cap) {
+            c->cap = c->cap ? c->cap * 2 : 8;
+            c->entries = xrealloc(c->entries, c->cap * sizeof(*c->entries));
+        }
+        e = &c->entries[c->n++];
+        memset(e, 0, sizeof(*e));
+        str_copy(e->id, id, sizeof(e->id));
+    } else {
+        source_free(e->src);
+    }
+    e->src = src;
+    e->neg_until_ms = src ? 0 : time_mono_ms() + c->negative_ttl_ms;
+}
+
+int source_cache_use(struct source_cache *c, const char *id, source_use_fn fn, void *ud)
+{
+    if (!source_id_valid(id))
+        return -ENOENT;
+    pthread_rwlock_rdlock(&c->lock);
+    struct cache_entry *e = find(c, id);
+    if (e && (e->src || time_mono_ms() < e->neg_until_ms)) {
+        int rc = e->src ? fn(ud, e->src) : -ENOENT;
+        pthread_rwlock_unlock(&c->lock);
+        return rc;
+    }
+    pthread_rwlock_unlock(&c->lock);
+
+    struct source *src = NULL;
+    int rc = sources_load(c->redis, c->keyring, id, &src);
+    if (rc == -EBADMSG)
+        LOG_ERROR("cannot decrypt source '%s': is SECRETS_KEY the registry's key?", id);
+    if (rc != 0 && rc != -ENOENT)
+        return rc;
+    pthread_rwlock_wrlock(&c->lock);
+    put(c, id, src);
+    e = find(c, id);
+    rc = e->src ? fn(ud, e->src) : -ENOENT;
+    pthread_rwlock_unlock(&c->lock);
+    return rc;
+}
+
+void source_cache_invalidate(struct source_cache *c, const char *id)
+{
+    pthread_rwlock_wrlock(&c->lock);
+    struct cache_entry *e = find(c, id);
+    if (e) {
+        source_free(e->src);
+        *e = c->entries[--c->n];
+    }
+    pthread_rwlock_unlock(&c->lock);
+}
+
+int source_cache_refresh(struct source_cache *c)
+{
+    redisReply *ids = redis_cmd(c->redis, "SMEMBERS", "sources", (char *)NULL);
+    if (!ids || ids->type != REDIS_REPLY_ARRAY) {
+        if (ids)
+            freeReplyObject(ids);
+        return -EIO;
+    }
+    int rc = 0;
+    for (size_t i = 0; i < ids->elements; i++) {
+        const redisReply *id = ids->element[i];
+        struct source *src = NULL;
+        if (id->type != REDIS_REPLY_STRING || !source_id_valid(id->str))
+            continue;
+        int lrc = sources_load(c->redis, c->keyring, id->str, &src);
+        if (lrc == -EIO) {
+            rc = -EIO;
+            break;
+        }
+        if (lrc != 0 && lrc != -ENOENT) {
+            LOG_WARN("cannot load source '%s': %s", id->str, strerror(-lrc));
+            continue;
+        }
+        pthread_rwlock_wrlock(&c->lock);
+        put(c, id->str, src);
+        pthread_rwlock_unlock(&c->lock);
+    }
+    if (rc == 0) {
+        /* Sources deleted from Redis leave the cache too. */
+        pthread_rwlock_wrlock(&c->lock);
+        for (size_t i = 0; i < c->n;) {
+            bool listed = false;
+            for (size_t j = 0; j < ids->elements && !listed; j++)
+                listed = ids->element[j]->type == REDIS_REPLY_STRING &&
+                         strcmp(ids->element[j]->str, c->entries[i].id) == 0;
+            if (listed || !c->entries[i].src) {
+                i++;
+                continue;
+            }
+            source_free(c->entries[i].src);
+            c->entries[i] = c->entries[--c->n];
+        }
+        pthread_rwlock_unlock(&c->lock);
+    }
+    freeReplyObject(ids);
+    return rc;
+}
+
+size_t source_cache_size(struct source_cache *c)
+{
+    pthread_rwlock_rdlock(&c->lock);
+    size_t n = c->n;
+    pthread_rwlock_unlock(&c->lock);
+    return n;
+}

@@ -1,0 +1,725 @@
+/*
+ * POST /v1/webhooks/{source} (see ingest.h).
+ *
+ * The request's life: verify the signature on the raw bytes, parse and validate,
+ * claim the webhook id in Redis ("pending"), produce every event, suspend the
+ * connection; the producer's delivery reports count down and the last one
+ * answers 202 (and marks the id "done") or 503 with Retry-After (and releases
+ * the id so the sender's retry is accepted). Nothing is acknowledged before
+ * Kafka has it with acks=all, and Redis being down never refuses a webhook.
+ */
+#include "ingest.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include "buf.h"
+#include "cloudevents.h"
+#include "crypto.h"
+#include "events.h"
+#include "http_server.h"
+#include "json.h"
+#include "kafka.h"
+#include "keyring.h"
+#include "log.h"
+#include "metrics.h"
+#include "redis.h"
+#include "service.h"
+#include "sources.h"
+#include "str.h"
+#include "timeutil.h"
+#include "topics.h"
+#include "trace.h"
+#include "verify.h"
+#include "xalloc.h"
+
+#define DEDUPE_ID_MAX     200
+#define DEDUPE_KEY_MAX    (DEDUPE_ID_MAX + SOURCE_ID_MAX + 16)
+#define EVENT_MAX_BYTES   (1024 * 1024)
+#define FINALIZE_BATCH    256
+#define MAX_REDIS_THREADS 64
+
+const struct cfg_key ingest_config_keys[] = {
+    {"ingest.signature_tolerance_s", CFG_INT, "300", 1, 86400, true, NULL,
+     "accepted clock difference for webhook-timestamp"},
+    {"ingest.max_batch", CFG_INT, "500", 1, 10000, true, NULL, "most events in one request"},
+    {"ingest.dedupe_ttl_s", CFG_INT, "86400", 60, 2592000, false, NULL,
+     "how long a webhook id is remembered"},
+    {"ingest.pending_ttl_s", CFG_INT, "60", 10, 3600, false, NULL,
+     "how long an unfinished webhook id is held (must exceed message.timeout.ms)"},
+    {"ingest.dedupe_timeout_ms", CFG_INT, "100", 5, 5000, false, NULL,
+     "Redis timeout for the dedupe check; slower means accept without dedupe"},
+    {"ingest.retry_after_s", CFG_INT, "5", 1, 3600, true, NULL,
+     "Retry-After sent with 503 when Kafka cannot take events"},
+    {"ingest.sources_refresh_s", CFG_INT, "30", 1, 3600, false, NULL,
+     "full reload of vendor sources from Redis"},
+    {"ingest.unknown_source_ttl_ms", CFG_INT, "2000", 0, 600000, false, NULL,
+     "how long an unknown source id is remembered as unknown"},
+};
+const size_t ingest_config_nkeys = sizeof(ingest_config_keys) / sizeof(ingest_config_keys[0]);
+
+/* A queued Redis update of a webhook id once its fate is known. */
+struct finalize_op {
+    struct finalize_op *next;
+    bool accepted; /* SET done, else DEL */
+    char key[DEDUPE_KEY_MAX];
+};
+
+struct ingest {
+    struct service *svc;
+    struct kafka_producer *producer;
+    struct keyring *keyring;
+    struct source_cache *sources;
+    struct redis_options dedupe_opts;
+    char redis_url[512];
+
+    /* settings */
+    atomic_llong tolerance_s;
+    atomic_llong max_batch;
+    atomic_llong retry_after_s;
+    int64_t dedupe_ttl_s;
+    int64_t pending_ttl_s;
+    int64_t refresh_s;
+    int64_t next_refresh_ms;
+
+    /* per-thread Redis connections for the dedupe check */
+    pthread_mutex_t redis_lock;
+    struct redis *thread_redis[MAX_REDIS_THREADS];
+    size_t nthread_redis;
+    struct redis *shared_redis;
+
+    /* finalizer: applies dedupe outcomes off the delivery thread */
+    pthread_mutex_t fin_lock;
+    pthread_cond_t fin_cond;
+    struct finalize_op *fin_head, *fin_tail;
+    bool fin_stop;
+    bool fin_started;
+    pthread_t fin_thread;
+
+    /* registry watcher: invalidates cached sources on robot.registry.v1 */
+    struct kafka_consumer *watch;
+    atomic_bool watch_stop;
+    bool watch_started;
+    pthread_t watch_thread;
+
+    atomic_long inflight;
+
+    struct metric *m_requests;   /* {source,outcome} */
+    struct metric *m_events;     /* {source} */
+    struct metric *m_rejected;   /* {source,reason} */
+    struct metric *m_duplicates; /* {source} */
+    struct metric *m_produce;    /* histogram */
+    struct metric *m_degraded;   /* redis degraded */
+};
+
+/* One accepted-so-far request waiting for its delivery reports. */
+struct pending {
+    struct ingest *in;
+    struct http_request *req;
+    atomic_int remaining;
+    atomic_int failed;
+    int64_t started_ms;
+    size_t nevents;
+    bool has_dedupe;
+    char source[SOURCE_ID_MAX + 1];
+    char dedupe_key[DEDUPE_KEY_MAX];
+    char *ids_json; /* ["id1","id2",...] for the 202 body */
+};
+
+static _Thread_local struct redis *tls_redis;
+
+/* ---- metrics helpers ---- */
+
+static void count2(struct metric *m, const char *a, const char *b)
+{
+    const char *v[] = {a, b};
+    metric_series_add(metric_series(m, v), 1);
+}
+
+static void count1(struct metric *m, const char *a, double n)
+{
+    const char *v[] = {a};
+    metric_series_add(metric_series(m, v), n);
+}
+
+static double inflight_value(void *ud)
+{
+    struct ingest *in = ud;
+    return (double)atomic_load(&in->inflight);
+}
+
+/* ---- Redis dedupe ---- */
+
+static struct redis *thread_redis(struct ingest *in)
+{
+    if (tls_redis)
+        return tls_redis;
+    pthread_mutex_lock(&in->redis_lock);
+    if (in->nthread_redis < MAX_REDIS_THREADS) {
+        char err[128];
+        tls_redis = redis_new(&in->dedupe_opts, err, sizeof(err));
+        if (tls_redis)
+            in->thread_redis[in->nthread_redis++] = tls_redis;
+    }
+    pthread_mutex_unlock(&in->redis_lock);
+    return tls_redis ? tls_redis : in->shared_redis;
+}
+
+enum claim { CLAIM_NEW, CLAIM_DONE, CLAIM_PENDING, CLAIM_DEGRADED };
+
+/* Claims the webhook id: SET key pending NX EX ttl GET tells new / done / in flight. */
+static enum claim claim_id(struct ingest *in, const char *key)
+{
+    char ttl[24];
+    snprintf(ttl, sizeof(ttl), "%lld", (long long)in->pending_ttl_s);
+    redisReply *r =
+        redis_cmd(thread_redis(in), "SET", key, "pending", "NX", "GET", "EX", ttl, (char *)NULL);
+    if (!r)
+        return CLAIM_DEGRADED;
+    enum claim c = CLAIM_DEGRADED;
+    if (r->type == REDIS_REPLY_NIL)
+        c = CLAIM_NEW;
+    else if (r->type == REDIS_REPLY_STRING)
+        c = strcmp(r->str, "done") == 0 ? CLAIM_DONE : CLAIM_PENDING;
+    else if (r->type == REDIS_REPLY_ERROR)
+        LOG_WARN("dedupe claim failed: %s", r->str);
+    freeReplyObject(r);
+    return c;
+}
+
+static void finalize_enqueue(struct ingest *in, const char *key, bool accepted)
+{
+    struct finalize_op *op = xmalloc(sizeof(*op));
+    op->next = NULL;
+    op->accepted = accepted;
+    str_copy(op->key, key, sizeof(op->key));
+    pthread_mutex_lock(&in->fin_lock);
+    if (in->fin_tail)
+        in->fin_tail->next = op;
+    else
+        in->fin_head = op;
+    in->fin_tail = op;
+    pthread_cond_signal(&in->fin_cond);
+    pthread_mutex_unlock(&in->fin_lock);
+}
+
+static void finalize_batch(struct ingest *in, struct finalize_op *ops)
+{
+    struct redis_cmd cmds[FINALIZE_BATCH];
+    const char *argv[FINALIZE_BATCH][5];
+    redisReply *replies[FINALIZE_BATCH];
+    char ttl[24];
+    size_t n = 0;
+    snprintf(ttl, sizeof(ttl), "%lld", (long long)in->dedupe_ttl_s);
+    for (struct finalize_op *op = ops; op; op = op->next) {
+        const char **a = argv[n];
+        if (op->accepted) {
+            a[0] = "SET", a[1] = op->key, a[2] = "done", a[3] = "EX", a[4] = ttl;
+            cmds[n] = (struct redis_cmd){5, a, NULL};
+        } else {
+            a[0] = "DEL", a[1] = op->key;
+            cmds[n] = (struct redis_cmd){2, a, NULL};
+        }
+        n++;
+    }
+    if (redis_pipeline(in->shared_redis, n, cmds, replies) != 0) {
+        /* A "pending" claim then simply expires: the sender's retries are accepted after it. */
+        metric_add(in->m_degraded, (double)n);
+        return;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (replies[i])
+            freeReplyObject(replies[i]);
+}
+
+static void *finalizer_main(void *arg)
+{
+    struct ingest *in = arg;
+    pthread_mutex_lock(&in->fin_lock);
+    for (;;) {
+        while (!in->fin_head && !in->fin_stop)
+            pthread_cond_wait(&in->fin_cond, &in->fin_lock);
+        if (!in->fin_head && in->fin_stop)
+            break;
+        struct finalize_op *head = in->fin_head, *tail = head;
+        size_t n = 1;
+        while (tail->next && n < FINALIZE_BATCH) {
+            tail = tail->next;
+            n++;
+        }
+        in->fin_head = tail->next;
+        if (!in->fin_head)
+            in->fin_tail = NULL;
+        tail->next = NULL;
+        pthread_mutex_unlock(&in->fin_lock);
+        finalize_batch(in, head);
+        while (head) {
+            struct finalize_op *next = head->next;
+            free(head);
+            head = next;
+        }
+        pthread_mutex_lock(&in->fin_lock);
+    }
+    pthread_mutex_unlock(&in->fin_lock);
+    return NULL;
+}
+
+/* ---- registry watcher ---- */
+
+static void *watch_main(void *arg)
+{
+    struct ingest *in = arg;
+    while (!atomic_load(&in->watch_stop)) {
+        struct kafka_msg *m = kafka_consumer_poll(in->watch, 200);
+        if (!m)
+            continue;
+        size_t len = 0;
+        const char *value = kafka_msg_error(m) ? NULL : kafka_msg_value(m, &len);
+        struct cloudevent ev;
+        cJSON *root = value ? ce_parse(value, len, &ev, NULL, 0) : NULL;
+        if (root && str_has_prefix(ev.type, "source.") && ev.subject) {
+            LOG_INFO("source '%s' changed (%s), reloading it", ev.subject, ev.type);
+            source_cache_invalidate(in->sources, ev.subject);
+        }
+        cJSON_Delete(root);
+        kafka_msg_free(m);
+    }
+    return NULL;
+}
+
+static int start_watch(struct ingest *in, char *errbuf, size_t errsize)
+{
+    const struct cfg *c = service_cfg(in->svc);
+    const struct kafka_prop *base;
+    size_t nbase = service_kafka_props(in->svc, &base);
+    struct kafka_prop props[72];
+    char host[64] = "host", group[160];
+    size_t n = 0;
+    uint8_t rnd[4] = {0};
+    gethostname(host, sizeof(host) - 1);
+    crypto_random_bytes(rnd, sizeof(rnd));
+    /* Every replica must see every change: a group of its own, starting at the end. */
+    snprintf(group, sizeof(group), "webhook-ingest-sources-%s-%ld-%02x%02x%02x%02x", host,
+             (long)getpid(), rnd[0], rnd[1], rnd[2], rnd[3]);
+    props[n++] = (struct kafka_prop){"auto.offset.reset", "latest"};
+    for (size_t i = 0; i < nbase && n < 72; i++)
+        props[n++] = base[i];
+    in->watch = kafka_consumer_new(cfg_get_str(c, "kafka.bootstrap_servers"), group, props, n,
+                                   errbuf, errsize);
+    if (!in->watch)
+        return -EINVAL;
+    const char *topics[] = {TOPIC_ROBOT_REGISTRY};
+    int rc = kafka_consumer_subscribe(in->watch, topics, 1);
+    if (rc) {
+        snprintf(errbuf, errsize, "cannot subscribe to %s", TOPIC_ROBOT_REGISTRY);
+        return rc;
+    }
+    rc = pthread_create(&in->watch_thread, NULL, watch_main, in);
+    if (rc)
+        return -rc;
+    in->watch_started = true;
+    return 0;
+}
+
+/* ---- the request ---- */
+
+static void respond_problem(struct ingest *in, struct http_request *req, const char *source,
+                            unsigned status, const char *reason, const char *field,
+                            const char *detail)
+{
+    count2(in->m_rejected, source, reason);
+    count2(in->m_requests, source, "rejected");
+    http_respond_problem(req, status, field, "%s", detail);
+}
+
+/* Called by the last delivery report of a request (on the producer's thread). */
+static void pending_complete(struct pending *p)
+{
+    struct ingest *in = p->in;
+    bool ok = atomic_load(&p->failed) == 0;
+    double secs = (double)(time_mono_ms() - p->started_ms) / 1000.0;
+    metric_observe(in->m_produce, secs);
+    if (p->has_dedupe)
+        finalize_enqueue(in, p->dedupe_key, ok);
+    if (ok) {
+        struct buf b;
+        buf_init(&b, (size_t)EVENT_MAX_BYTES);
+        buf_appendf(&b, "{\"accepted\":%zu,\"ids\":%s}", p->nevents, p->ids_json);
+        size_t len;
+        char *body = buf_detach(&b, &len);
+        count1(in->m_events, p->source, (double)p->nevents);
+        count2(in->m_requests, p->source, "accepted");
+        http_respond(p->req, 202, "application/json", body, len);
+    } else {
+        char retry[24];
+        snprintf(retry, sizeof(retry), "%lld", (long long)atomic_load(&in->retry_after_s));
+        count2(in->m_requests, p->source, "unavailable");
+        http_response_header(p->req, "Retry-After", retry);
+        http_respond_problem(p->req, 503, NULL,
+                             "kafka did not acknowledge the events; nothing was accepted, retry "
+                             "after %s s",
+                             retry);
+    }
+    atomic_fetch_sub(&in->inflight, 1);
+    free(p->ids_json);
+    free(p);
+}
+
+void ingest_on_delivery(void *opaque, int err, const char *errstr, int32_t partition,
+                        int64_t offset)
+{
+    (void)partition;
+    (void)offset;
+    struct pending *p = opaque;
+    if (!p)
+        return;
+    if (err) {
+        if (atomic_fetch_add(&p->failed, 1) == 0)
+            LOG_WARN("kafka delivery failed for a webhook from source '%s': %s", p->source,
+                     errstr ? errstr : "unknown error");
+    }
+    if (atomic_fetch_sub(&p->remaining, 1) == 1)
+        pending_complete(p);
+}
+
+/* Builds the CloudEvent for one event and queues it; 0 or negative. */
+static int produce_event(struct ingest *in, struct pending *p, const struct event *ev,
+                         const char *ce_id, const char *received_at, const char *traceparent)
+{
+    struct buf b;
+    buf_init(&b, EVENT_MAX_BYTES);
+    cJSON_AddStringToObject(ev->obj, "source", p->source);
+    cJSON_AddStringToObject(ev->obj, "received_at", received_at);
+    char ce_source[SOURCE_ID_MAX + 32];
+    snprintf(ce_source, sizeof(ce_source), "/webhook-ingest/%s", p->source);
+    struct cloudevent ce = {
+        .id = ce_id,
+        .source = ce_source,
+        .type = ev->type,
+        .subject = ev->robot_id,
+        .time = ev->occurred_at,
+        .data = ev->obj,
+    };
+    int rc = ce_build(&ce, &b);
+    if (rc == 0) {
+        struct kafka_header h = {"traceparent", traceparent, strlen(traceparent)};
+        rc = kafka_producer_send(in->producer, TOPIC_ROBOT_EVENTS, -1, ev->robot_id,
+                                 strlen(ev->robot_id), b.data, b.len, &h, 1, p);
+    }
+    buf_release(&b);
+    return rc;
+}
+
+struct verify_ctx {
+    struct verify_input in;
+    enum source_scheme scheme;
+};
+
+static int verify_with_source(void *ud, const struct source *src)
+{
+    struct verify_ctx *v = ud;
+    v->scheme = src->scheme;
+    return (int)verify_request(src, &v->in);
+}
+
+/* The header a failed signature check is about, for the problem's "field". */
+static const char *verify_field(const struct verify_ctx *v, enum verify_result r)
+{
+    if (v->scheme == SOURCE_SCHEME_GITHUB_SHA256)
+        return "X-Signature-256";
+    if (r == VERIFY_BAD_TIMESTAMP || r == VERIFY_STALE)
+        return "webhook-timestamp";
+    if (r == VERIFY_MISSING && !v->in.webhook_id)
+        return "webhook-id";
+    if (r == VERIFY_MISSING && !v->in.webhook_timestamp)
+        return "webhook-timestamp";
+    return "webhook-signature";
+}
+
+static bool content_type_json(const char *ct)
+{
+    if (!ct)
+        return false;
+    size_t n = strcspn(ct, ";");
+    while (n > 0 && ct[n - 1] == ' ')
+        n--;
+    return n == strlen("application/json") && strncasecmp(ct, "application/json", n) == 0;
+}
+
+/* The id that makes a webhook a duplicate: webhook-id, a delivery id, or the single event's id. */
+static const char *dedupe_id(struct http_request *req, const struct event_batch *b)
+{
+    const char *id = http_request_header(req, "webhook-id");
+    if (!id)
+        id = http_request_header(req, "X-GitHub-Delivery");
+    if (!id && b->n == 1)
+        id = b->events[0].id;
+    return id;
+}
+
+static void handle_webhook(struct http_request *req, void *ud)
+{
+    struct ingest *in = ud;
+    const char *source = http_request_param(req, "source");
+    size_t len = 0;
+    const char *body = http_request_body(req, &len);
+    int64_t now = time_now_ms();
+
+    if (!content_type_json(http_request_header(req, "Content-Type"))) {
+        respond_problem(in, req, "unknown", 415, "content_type", "Content-Type",
+                        "Content-Type must be application/json");
+        return;
+    }
+    struct verify_ctx v = {.in = {
+                               .webhook_id = http_request_header(req, "webhook-id"),
+                               .webhook_timestamp = http_request_header(req, "webhook-timestamp"),
+                               .webhook_signature = http_request_header(req, "webhook-signature"),
+                               .signature_256 = http_request_header(req, "X-Signature-256"),
+                               .body = body,
+                               .len = len,
+                               .now_ms = now,
+                               .tolerance_s = atomic_load(&in->tolerance_s),
+                           }};
+    int rc = source_cache_use(in->sources, source, verify_with_source, &v);
+    if (rc == -ENOENT) {
+        respond_problem(in, req, "unknown", 404, "unknown_source", "source",
+                        "no vendor source is registered under this id");
+        return;
+    }
+    if (rc < 0) {
+        /* Redis down and the source not cached yet: the sender must retry. */
+        count2(in->m_requests, "unknown", "unavailable");
+        http_response_header(req, "Retry-After", "5");
+        http_respond_problem(req, 503, NULL, "vendor source cannot be loaded right now");
+        return;
+    }
+    if (rc != VERIFY_OK) {
+        const char *reason = verify_reason((enum verify_result)rc);
+        char detail[160];
+        snprintf(detail, sizeof(detail), "signature check failed: %s", reason);
+        respond_problem(in, req, source, 401, reason, verify_field(&v, (enum verify_result)rc),
+                        detail);
+        return;
+    }
+
+    struct event_batch batch;
+    struct event_error perr;
+    if (event_batch_parse(body, len, (size_t)atomic_load(&in->max_batch), &batch, &perr) != 0) {
+        respond_problem(in, req, source, 400, "invalid_body", perr.field, perr.detail);
+        return;
+    }
+
+    struct pending *p = xcalloc(1, sizeof(*p));
+    p->in = in;
+    p->req = req;
+    p->nevents = batch.n;
+    p->started_ms = time_mono_ms();
+    str_copy(p->source, source, sizeof(p->source));
+
+    const char *did = dedupe_id(req, &batch);
+    if (did && strlen(did) <= DEDUPE_ID_MAX) {
+        snprintf(p->dedupe_key, sizeof(p->dedupe_key), "dedupe:%s:%s", source, did);
+        switch (claim_id(in, p->dedupe_key)) {
+        case CLAIM_NEW:
+            p->has_dedupe = true;
+            break;
+        case CLAIM_DONE:
+            count1(in->m_duplicates, source, 1);
+            count2(in->m_requests, source, "duplicate");
+            http_respond(req, 200, "application/json", xstrdup("{\"duplicate\":true}"), 18);
+            goto out_free;
+        case CLAIM_PENDING:
+            count2(in->m_requests, source, "in_progress");
+            http_response_header(req, "Retry-After", "1");
+            http_respond_problem(req, 409, "webhook-id",
+                                 "a webhook with this id is being processed; retry shortly");
+            goto out_free;
+        case CLAIM_DEGRADED:
+            metric_add(in->m_degraded, 1);
+            break;
+        }
+    }
+
+    char traceparent[TRACE_PARENT_LEN], received_at[TIME_RFC3339_LEN];
+    trace_parent_child(http_request_header(req, "traceparent"), traceparent);
+    time_format_rfc3339(now, received_at, sizeof(received_at));
+
+    /* Event ids are stable across the sender's retries so consumers can dedupe. */
+    char **ids = xcalloc(batch.n, sizeof(*ids));
+    struct buf idj;
+    buf_init(&idj, EVENT_MAX_BYTES);
+    buf_append_str(&idj, "[");
+    for (size_t i = 0; i < batch.n; i++) {
+        if (batch.events[i].id) {
+            ids[i] = xstrdup(batch.events[i].id);
+        } else if (did && strlen(did) <= DEDUPE_ID_MAX) {
+            ids[i] = xasprintf("%s-%zu", did, i);
+        } else {
+            char u[CRYPTO_UUID_LEN];
+            crypto_uuid_v7(u);
+            ids[i] = xstrdup(u);
+        }
+        buf_append_str(&idj, i ? ",\"" : "\"");
+        buf_append_json_str(&idj, ids[i]);
+        buf_append_str(&idj, "\"");
+    }
+    buf_append_str(&idj, "]");
+    p->ids_json = buf_detach(&idj, NULL);
+
+    atomic_fetch_add(&in->inflight, 1);
+    http_request_suspend(req);
+    /* One extra count held while queueing, so no delivery completes the request early. */
+    atomic_store(&p->remaining, (int)batch.n + 1);
+    for (size_t i = 0; i < batch.n; i++) {
+        if (produce_event(in, p, &batch.events[i], ids[i], received_at, traceparent) != 0) {
+            if (atomic_fetch_add(&p->failed, 1) == 0)
+                LOG_WARN("cannot queue events for kafka (source '%s')", source);
+            atomic_fetch_sub(&p->remaining, (int)(batch.n - i));
+            break;
+        }
+    }
+    for (size_t i = 0; i < batch.n; i++)
+        free(ids[i]);
+    free(ids);
+    event_batch_release(&batch);
+    if (atomic_fetch_sub(&p->remaining, 1) == 1)
+        pending_complete(p);
+    return;
+
+out_free:
+    event_batch_release(&batch);
+    free(p);
+}
+
+int ingest_register_routes(struct ingest *in)
+{
+    return http_server_route(service_http(in->svc), "POST", "/v1/webhooks/{source}", handle_webhook,
+                             in);
+}
+
+/* ---- lifecycle ---- */
+
+struct ingest *ingest_new(struct service *svc, char *errbuf, size_t errsize)
+{
+    const struct cfg *c = service_cfg(svc);
+    struct ingest *in = xcalloc(1, sizeof(*in));
+    in->svc = svc;
+    in->producer = service_producer(svc);
+    pthread_mutex_init(&in->redis_lock, NULL);
+    pthread_mutex_init(&in->fin_lock, NULL);
+    pthread_cond_init(&in->fin_cond, NULL);
+    atomic_init(&in->tolerance_s, cfg_get_int(c, "ingest.signature_tolerance_s"));
+    atomic_init(&in->max_batch, cfg_get_int(c, "ingest.max_batch"));
+    atomic_init(&in->retry_after_s, cfg_get_int(c, "ingest.retry_after_s"));
+    in->dedupe_ttl_s = cfg_get_int(c, "ingest.dedupe_ttl_s");
+    in->pending_ttl_s = cfg_get_int(c, "ingest.pending_ttl_s");
+    in->refresh_s = cfg_get_int(c, "ingest.sources_refresh_s");
+
+    in->keyring = keyring_from_env("SECRETS_KEY", errbuf, errsize);
+    if (!in->keyring)
+        goto out_free;
+    str_copy(in->redis_url, cfg_get_str(c, "redis.url"), sizeof(in->redis_url));
+    in->dedupe_opts = (struct redis_options){
+        .url = in->redis_url,
+        .connect_timeout_ms = (int)cfg_get_int(c, "ingest.dedupe_timeout_ms"),
+        .command_timeout_ms = (int)cfg_get_int(c, "ingest.dedupe_timeout_ms"),
+        .backoff_max_ms = 2000,
+    };
+    in->shared_redis = service_redis(svc);
+    in->sources = source_cache_new(in->shared_redis, in->keyring,
+                                   (int)cfg_get_int(c, "ingest.unknown_source_ttl_ms"));
+    if (source_cache_refresh(in->sources) != 0)
+        LOG_WARN("cannot load vendor sources from redis yet; they load on first use");
+    in->next_refresh_ms = time_mono_ms() + in->refresh_s * 1000;
+
+    struct metrics *m = service_metrics(svc);
+    const char *src_outcome[] = {"source", "outcome"};
+    const char *src_reason[] = {"source", "reason"};
+    const char *src[] = {"source"};
+    in->m_requests = metrics_counter(m, "webhook_requests_total",
+                                     "Webhook requests by source and outcome", 2, src_outcome);
+    in->m_events = metrics_counter(m, "webhook_events_accepted_total",
+                                   "Events acknowledged by Kafka and answered 202", 1, src);
+    in->m_rejected =
+        metrics_counter(m, "webhook_rejected_total",
+                        "Webhook requests refused, by source and reason", 2, src_reason);
+    in->m_duplicates =
+        metrics_counter(m, "webhook_duplicates_total",
+                        "Webhooks answered as duplicates, not produced again", 1, src);
+    in->m_produce = metrics_histogram(m, "webhook_produce_duration_seconds",
+                                      "From the first produce to the last Kafka acknowledgement", 0,
+                                      NULL, 0, NULL);
+    in->m_degraded =
+        metrics_counter(m, "webhook_redis_degraded_total",
+                        "Dedupe operations skipped because Redis did not answer", 0, NULL);
+    metrics_gauge_fn(m, "webhook_inflight_requests", "Requests waiting for Kafka acknowledgement",
+                     inflight_value, in);
+
+    if (pthread_create(&in->fin_thread, NULL, finalizer_main, in) != 0) {
+        snprintf(errbuf, errsize, "cannot start the dedupe finalizer thread");
+        goto out_free;
+    }
+    in->fin_started = true;
+    if (start_watch(in, errbuf, errsize) != 0)
+        goto out_free;
+    return in;
+
+out_free:
+    ingest_stop(in);
+    ingest_free(in);
+    return NULL;
+}
+
+void ingest_tick(void *ud)
+{
+    struct ingest *in = ud;
+    if (time_mono_ms() < in->next_refresh_ms)
+        return;
+    in->next_refresh_ms = time_mono_ms() + in->refresh_s * 1000;
+    if (source_cache_refresh(in->sources) != 0)
+        LOG_WARN("cannot refresh vendor sources from redis; using the cached ones");
+}
+
+void ingest_stop(void *ud)
+{
+    struct ingest *in = ud;
+    if (in->watch_started) {
+        atomic_store(&in->watch_stop, true);
+        pthread_join(in->watch_thread, NULL);
+        in->watch_started = false;
+    }
+    if (in->fin_started) {
+        pthread_mutex_lock(&in->fin_lock);
+        in->fin_stop = true;
+        pthread_cond_signal(&in->fin_cond);
+        pthread_mutex_unlock(&in->fin_lock);
+        pthread_join(in->fin_thread, NULL);
+        in->fin_started = false;
+    }
+}
+
+void ingest_free(struct ingest *in)
+{
+    if (!in)
+        return;
+    kafka_consumer_free(in->watch);
+    for (size_t i = 0; i < in->nthread_redis; i++)
+        redis_free(in->thread_redis[i]);
+    while (in->fin_head) {
+        struct finalize_op *next = in->fin_head->next;
+        free(in->fin_head);
+        in->fin_head = next;
+    }
+    source_cache_free(in->sources);
+    keyring_free(in->keyring);
+    pthread_cond_destroy(&in->fin_cond);
+    pthread_mutex_destroy(&in->fin_lock);
+    pthread_mutex_destroy(&in->redis_lock);
+    free(in);
+}
