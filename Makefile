@@ -5,6 +5,7 @@
 #   make test       unit + integration tests under ASan/UBSan against real Redis and Apache Kafka
 #   make check      -Werror build, cppcheck, clang-format, banned-function grep
 #   make asan       the same build with AddressSanitizer + UndefinedBehaviorSanitizer
+#   make fuzz       libFuzzer targets for every parser of outside input (clang); make fuzz-run runs them
 #   make bench      benchmarks (figures printed, nothing asserted)
 #   make deps       install every Debian package the project needs (idempotent)
 
@@ -30,15 +31,16 @@ LIB      := $(BUILD)/lib/libcommon.a
 
 svc_srcs  = $(wildcard services/$(1)/*.c)
 svc_objs  = $(patsubst %.c,$(BUILD)/obj/%.o,$(call svc_srcs,$(1)))
-BINS      := $(SERVICES:%=$(BUILD)/bin/%) $(BUILD)/bin/mock-broker
+BINS      := $(SERVICES:%=$(BUILD)/bin/%) $(BUILD)/bin/mock-broker $(BUILD)/bin/ingest-load
 
 UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 
 ALL_OBJS := $(LIB_OBJS) $(foreach s,$(SERVICES),$(call svc_objs,$(s))) \
-            $(BUILD)/obj/libcommon/tools/mock_broker.o $(UNIT_SRCS:%.c=$(BUILD)/obj/%.o)
+            $(BUILD)/obj/libcommon/tools/mock_broker.o $(BUILD)/obj/tests/bench/ingest_load.o \
+            $(UNIT_SRCS:%.c=$(BUILD)/obj/%.o)
 
-.PHONY: all lib services tests asan check format deps deps-check run test unit integration bench clean fuzz
+.PHONY: all lib services tests asan check format deps deps-check run test unit integration bench clean fuzz fuzz-run fuzz-bins
 all: $(LIB) $(BINS) $(UNIT_BINS)
 lib: $(LIB)
 services: $(BINS)
@@ -64,6 +66,11 @@ $(BUILD)/bin/mock-broker: $(BUILD)/obj/libcommon/tools/mock_broker.o $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
+# the load generator behind `make bench` (scripts/bench.sh)
+$(BUILD)/bin/ingest-load: $(BUILD)/obj/tests/bench/ingest_load.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
 $(BUILD)/tests/%: $(BUILD)/obj/tests/unit/%.o $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
@@ -71,6 +78,51 @@ $(BUILD)/tests/%: $(BUILD)/obj/tests/unit/%.o $(LIB)
 asan:
 	$(MAKE) -j$(shell nproc) BUILD=build-asan OPT=-O1 \
 	  SANFLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" all
+
+# ---- fuzzing ----------------------------------------------------------------
+# libFuzzer needs clang: libcommon is rebuilt with clang and coverage
+# instrumentation into its own archive, so the main build stays gcc.
+FUZZ_CC    ?= clang-14
+FUZZ_BUILD ?= build-fuzz
+FUZZ_SAN   := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes \
+            -Wformat=2 -Wno-format-nonliteral -Wvla -g -O1 $(FUZZ_SAN) -MMD -MP \
+            -Ilibcommon/include $(PKG_CFLAGS)
+FUZZ_SRCS := $(wildcard tests/fuzz/fuzz_*.c)
+FUZZ_BINS := $(FUZZ_SRCS:tests/fuzz/%.c=$(FUZZ_BUILD)/%)
+FUZZ_LIB_OBJS := $(LIB_SRCS:%.c=$(FUZZ_BUILD)/obj/%.o)
+FUZZ_LIB  := $(FUZZ_BUILD)/lib/libcommon.a
+FUZZ_OBJS := $(FUZZ_LIB_OBJS) $(FUZZ_SRCS:%.c=$(FUZZ_BUILD)/obj/%.o) \
+             $(FUZZ_BUILD)/obj/services/webhook-ingest/events.o \
+             $(FUZZ_BUILD)/obj/services/webhook-ingest/verify.o
+
+fuzz:
+	$(MAKE) -j$(shell nproc) fuzz-bins
+
+fuzz-bins: $(FUZZ_BINS)
+# keep the objects of the chained pattern rules for incremental rebuilds
+.SECONDARY: $(FUZZ_OBJS)
+
+fuzz-run: fuzz
+	FUZZ_BUILD=$(FUZZ_BUILD) tests/fuzz/run.sh
+
+$(FUZZ_BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
+
+$(FUZZ_LIB): $(FUZZ_LIB_OBJS)
+	@mkdir -p $(dir $@)
+	rm -f $@
+	ar rcs $@ $^
+
+# webhook-ingest's parsers live in the service, so its target links them too.
+$(FUZZ_BUILD)/fuzz_webhook: $(FUZZ_BUILD)/obj/tests/fuzz/fuzz_webhook.o \
+    $(FUZZ_BUILD)/obj/services/webhook-ingest/events.o \
+    $(FUZZ_BUILD)/obj/services/webhook-ingest/verify.o $(FUZZ_LIB)
+	$(FUZZ_CC) -fsanitize=fuzzer $(FUZZ_SAN) -o $@ $^ $(LDLIBS)
+
+$(FUZZ_BUILD)/fuzz_%: $(FUZZ_BUILD)/obj/tests/fuzz/fuzz_%.o $(FUZZ_LIB)
+	$(FUZZ_CC) -fsanitize=fuzzer $(FUZZ_SAN) -o $@ $^ $(LDLIBS)
 
 # ---- quality gate -----------------------------------------------------------
 C_FILES = $(shell git ls-files --cached --others --exclude-standard '*.c' '*.h' 2>/dev/null)
@@ -101,9 +153,12 @@ deps-check:
 run: deps-check all
 	scripts/run-local.sh $(if $(KAFKA),--kafka $(KAFKA))
 
+# The sanitizer build runs the suite; the plain build is what valgrind checks.
 test: deps-check
 	$(MAKE) asan
-	BUILD=build-asan tests/run.sh
+	$(MAKE) -j$(shell nproc) all
+	$(MAKE) fuzz
+	BUILD=build-asan FUZZ_BUILD=$(FUZZ_BUILD) tests/run.sh
 
 unit: asan
 	BUILD=build-asan tests/run.sh --unit-only
@@ -114,4 +169,4 @@ bench: deps-check all
 clean:
 	rm -rf build build-asan build-check build-fuzz
 
--include $(ALL_OBJS:.o=.d)
+-include $(ALL_OBJS:.o=.d) $(FUZZ_OBJS:.o=.d)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs (or checks for) every Debian package the project needs: build
 # libraries, Redis, Java + Maven for the Apache Kafka broker, and test tools.
+# (helm and kube-score are Go modules: scripts/tools.sh builds them into a cache.)
 #
 #   scripts/deps.sh check     exit 0 when everything is present
 #   scripts/deps.sh install   apt-get install what is missing (idempotent)
@@ -12,9 +13,10 @@ PACKAGES=(
   libcurl4-openssl-dev libyaml-dev libcmocka-dev
   redis-server redis-tools
   default-jdk-headless maven
-  cppcheck clang clang-format
+  cppcheck clang clang-format libclang-rt-14-dev
   prometheus kcat wrk curl valgrind
-  python3-pytest python3-yaml python3-confluent-kafka python3-jsonschema python3-cryptography
+  deck docker-compose
+  python3-pytest python3-yaml python3-confluent-kafka python3-jsonschema python3-cryptography python3-redis
 )
 
 missing() {

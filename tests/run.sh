@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The test runner behind `make test`: starts a real Redis and a real Apache
-# Kafka broker, runs every unit test binary (cmocka, TAP output) and the
-# integration tests (pytest, real binaries as processes), and ends with
-# "N passed, N failed". Exit status is non-zero when anything failed.
+# Kafka broker, runs every unit test binary (cmocka, TAP output), the libFuzzer
+# targets for a few seconds each (tests/fuzz/run.sh) and the integration tests
+# (pytest, real binaries as processes), and ends with "N passed, N failed".
+# Exit status is non-zero when anything failed.
 #
 #   BUILD=build-asan tests/run.sh [--unit-only] [pytest -k expression]
 set -uo pipefail
@@ -58,6 +59,24 @@ for t in "$BUILD"/tests/test_*; do
   [ "$nok" -gt 0 ] && failures+=("$name: $nok case(s)")
   printf '   %-28s %3d passed %3d failed%s\n' "$name" "$ok" "$nok" "$([ $rc -ne 0 ] && echo "  (exit $rc, see $log)")"
 done
+
+if [ "$UNIT_ONLY" = 0 ]; then
+  # libFuzzer targets (built by make fuzz), each briefly: TAP lines like the unit tests.
+  echo "== fuzz"
+  log=$LOGS/fuzz.log
+  FUZZ_BUILD=${FUZZ_BUILD:-build-fuzz} tests/fuzz/run.sh > "$log" 2>&1
+  rc=$?
+  ok=$(grep -cE '^ok [0-9]+' "$log")
+  nok=$(grep -cE '^not ok [0-9]+' "$log")
+  passed=$((passed + ok))
+  failed=$((failed + nok))
+  if [ $rc -ne 0 ] && [ "$nok" -eq 0 ]; then
+    failed=$((failed + 1))
+    failures+=("fuzz (exit $rc, see $log)")
+  fi
+  grep -E '^(ok|not ok|#)' "$log" | sed 's/^/   /'
+  [ "$nok" -gt 0 ] && failures+=("fuzz: $nok target(s)")
+fi
 
 if [ "$UNIT_ONLY" = 0 ]; then
   echo "== integration tests"

@@ -584,6 +584,10 @@ static int place(struct load_ctx *ctx, const char *path, size_t keyline, const y
         size_t len = v->data.scalar.length;
         if (memchr(text, '\0', len))
             return load_fail(ctx, node_line(v), "'%s' must not contain a NUL byte", path);
+        /* "kafka.producer.: x" or "a..b" would hand librdkafka a name with an empty part. */
+        if (!key_name_valid(path + prefix_len + 1))
+            return load_fail(ctx, keyline, "'%s' is not a valid name below '%s'", path,
+                             map->key->key);
         if (map_put(map, path + prefix_len + 1, text, len) < 0)
             return load_fail(ctx, keyline, "'%s' has more than %d entries", map->key->key,
                              CFG_MAX_MAP_ENTRIES);
@@ -798,6 +802,10 @@ int cfg_set(struct cfg *c, const char *key, const char *value, char *errbuf, siz
     if (!map) {
         set_err(errbuf, errsize, "unknown key '%s'", key);
         return -ENOENT;
+    }
+    if (!key_name_valid(key + prefix_len + 1)) {
+        set_err(errbuf, errsize, "'%s' is not a valid name below '%s'", key, map->key->key);
+        return -EINVAL;
     }
     if (len == 0) {
         set_err(errbuf, errsize, "'%s' has no value", key);
