@@ -6,7 +6,7 @@
 # not run properly (a process failed to start, the load generator saw fewer
 # than 99% of 202s, or a service did not exit 0 on SIGTERM).
 #
-#   scripts/bench.sh [name...]      names: ingest (default: all)
+#   scripts/bench.sh [name...]      names: ingest config registry (default: all)
 #
 # Environment: BUILD (default build), BENCH_DURATION (15), BENCH_WARMUP (3),
 # BENCH_CONNECTIONS (64), BENCH_BROKERS ("apache embedded").
@@ -17,7 +17,7 @@ export RUN_DIR=${RUN_DIR:-$ROOT_DIR/$BUILD/bench-run}
 . "$ROOT_DIR/scripts/lib.sh"
 cd "$ROOT_DIR"
 
-BENCHMARKS=(ingest)
+BENCHMARKS=(ingest config registry stream)
 DURATION=${BENCH_DURATION:-15}
 WARMUP=${BENCH_WARMUP:-3}
 CONNECTIONS=${BENCH_CONNECTIONS:-64}
@@ -210,6 +210,230 @@ bench_ingest() {
   done
 }
 
+# ---- benchmark: config-center ---------------------------------------------
+
+# wait_ready PORT PID NAME: 0 once /readyz answers 200, 1 if the process died or 60 s passed.
+wait_ready() {
+  local deadline=$((SECONDS + 60))
+  until curl -fsS -o /dev/null "http://127.0.0.1:$1/readyz" 2>/dev/null; do
+    if ! kill -0 "$2" 2>/dev/null || [ $SECONDS -ge $deadline ]; then
+      echo "   $3 did not become ready, see $LOG_DIR"
+      return 1
+    fi
+    sleep 0.2
+  done
+}
+
+# Release -> reload latency with 5 services following config.changes.v1, then
+# 10,000 long-poll watchers on one config-center: fan-out time and RSS.
+bench_config() {
+  local watchers=${BENCH_WATCHERS:-10000} cc_port cc_pid pids=() logs=() port i rc=0 out json
+  echo "== config / apache"
+  [ -x "$BUILD/bin/config-center" ] && [ -x "$BUILD/bin/webhook-ingest" ] ||
+    die "$BUILD/bin/config-center or webhook-ingest is missing: run 'make'"
+  eval "$(scripts/redis-local.sh start | grep '^REDIS_URL=')"
+  export REDIS_URL
+  start_broker apache
+  SECRETS_KEY=$(head -c 32 /dev/urandom | base64)
+  export SECRETS_KEY
+  /usr/bin/python3 -c 'import redis,sys; r=redis.Redis.from_url(sys.argv[1]); [r.delete(k) for k in r.scan_iter("config:*")]' "$REDIS_URL"
+  cc_port=$(free_port)
+  # each watcher is a connection: the service and the load tool need the descriptors
+  (ulimit -n "$(ulimit -Hn)" && exec env HTTP_PORT="$cc_port" LOG_LEVEL=warn CONFIG_CACHE_DIR="$RUN_DIR/cache" \
+    "$BUILD/bin/config-center" -c services/config-center/config-center.yaml) \
+    > "$LOG_DIR/config-center.log" 2>&1 < /dev/null &
+  cc_pid=$!
+  pids+=("$cc_pid")
+  for i in 1 2 3 4 5; do
+    port=$(free_port)
+    HTTP_PORT=$port LOG_LEVEL=info CONFIG_CACHE_DIR="$RUN_DIR/cache-$i" \
+      "$BUILD/bin/webhook-ingest" -c services/webhook-ingest/webhook-ingest.yaml \
+      > "$LOG_DIR/config-subscriber-$i.log" 2>&1 < /dev/null &
+    pids+=("$!")
+    logs+=("$LOG_DIR/config-subscriber-$i.log")
+    wait_ready "$port" "$!" "webhook-ingest #$i" || rc=1
+  done
+  wait_ready "$cc_port" "$cc_pid" config-center || rc=1
+  local lat="" wat=""
+  if [ $rc = 0 ]; then
+    out=$LOG_DIR/config-latency.out
+    /usr/bin/python3 tests/bench/config_bench.py latency "http://127.0.0.1:$cc_port" "${logs[@]}" \
+      > "$out" 2>&1 || rc=1
+    sed 's/^/   /' "$out"
+    lat=$(grep '^{' "$out" | tail -n 1 || true)
+    out=$LOG_DIR/config-watchers.out
+    (ulimit -n "$(ulimit -Hn)" && exec /usr/bin/python3 tests/bench/config_bench.py watchers \
+      "http://127.0.0.1:$cc_port" "$cc_pid" "$watchers") > "$out" 2>&1 || rc=1
+    sed 's/^/   /' "$out"
+    wat=$(grep '^{' "$out" | tail -n 1 || true)
+  fi
+  for i in "${pids[@]}"; do
+    kill -TERM "$i" 2>/dev/null || true
+  done
+  for i in "${pids[@]}"; do
+    wait "$i" || { FAILED+=("config: a service exited non-zero on SIGTERM"); }
+  done
+  stop_broker apache
+  scripts/redis-local.sh stop > /dev/null
+  [ $rc = 0 ] || FAILED+=("config: a measurement did not complete, see $LOG_DIR")
+  if [ -n "$lat" ]; then
+    local p50 p99
+    p50=$(json_field "$lat" p50_ms)
+    p99=$(json_field "$lat" p99_ms)
+    SUMMARY+=("cfg-rel	apache	-	$p50	$p99	-	-	release->callback p99 $(met "$p99" '<=' 200) (5 services)")
+  else
+    SUMMARY+=("cfg-rel	apache	-	-	-	-	-	failed")
+  fi
+  if [ -n "$wat" ]; then
+    local n fan rss
+    n=$(json_field "$wat" notified)
+    fan=$(json_field "$wat" fanout_ms)
+    rss=$(json_field "$wat" rss_mib_peak)
+    SUMMARY+=("cfg-watch	apache	$n	-	$fan	-	$rss	$watchers watchers: all notified <= 1000 ms $(met "$fan" '<=' 1000), rss $(met "$rss" '<=' 256)")
+  else
+    SUMMARY+=("cfg-watch	apache	-	-	-	-	-	failed")
+  fi
+}
+
+# ---- benchmark: robot-registry ------------------------------------------------
+
+# wrk_figures OUT: "rps p50_ms p99_ms" from `wrk --latency` output.
+wrk_figures() {
+  awk '
+    function ms(v) { if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; if (v ~ /s$/) return v * 1000; return v }
+    /Requests\/sec:/ { rps = $2 }
+    $1 == "50%" { p50 = ms($2) }
+    $1 == "99%" { p99 = ms($2) }
+    END { printf "%.0f %.2f %.2f\n", rps, p50, p99 }' "$1"
+}
+
+# 100k robots loaded through the registry's own sync from a fake vendor
+# (tests/integration/fake_vendor.py), then wrk: GET /v1/robots/{random id} and
+# list pages (limit 100) from random cursors, with and without a fleet filter.
+bench_registry() {
+  local robots=${BENCH_ROBOTS:-100000} broker vport port pid vpid rc=0 t0 t1 c0 c1 cpu hwm rps p50 p99
+  broker=${BROKERS%% *}
+  echo "== registry / $broker ($robots robots)"
+  [ -x "$BUILD/bin/robot-registry" ] || die "$BUILD/bin/robot-registry is missing: run 'make'"
+  command -v wrk > /dev/null || die "wrk is not installed (apt-get install wrk)"
+  eval "$(scripts/redis-local.sh start | grep '^REDIS_URL=')"
+  export REDIS_URL
+  start_broker "$broker"
+  SECRETS_KEY=$(head -c 32 /dev/urandom | base64)
+  export SECRETS_KEY
+  local vfile=$RUN_DIR/fake-vendor.port
+  rm -f "$vfile"
+  /usr/bin/python3 - "$vfile" "$robots" > "$LOG_DIR/fake-vendor.log" 2>&1 <<'PY' &
+import sys, time
+sys.path.insert(0, "tests/integration")
+from fake_vendor import FakeVendor
+v = FakeVendor("bench-token")
+v.set_robots(int(sys.argv[2]), prefix="bench", fleet="fleet-0")
+for i, r in enumerate(v.robots):
+    r["fleet"] = f"fleet-{i % 20}"
+v.start()
+open(sys.argv[1], "w").write(str(v.port))
+while True:
+    time.sleep(3600)
+PY
+  vpid=$!
+  for _ in $(seq 100); do [ -s "$vfile" ] && break; sleep 0.1; done
+  vport=$(cat "$vfile")
+  port=$(free_port)
+  HTTP_PORT=$port HTTP_THREADS=${BENCH_REGISTRY_THREADS:-4} LOG_LEVEL=warn \
+    "$BUILD/bin/robot-registry" -c services/robot-registry/robot-registry.yaml \
+    > "$LOG_DIR/robot-registry.log" 2>&1 < /dev/null &
+  pid=$!
+  SVC_PID=$pid
+  if ! wait_ready "$port" "$pid" robot-registry; then
+    FAILED+=("registry: service not ready")
+    SUMMARY+=("reg-get	$broker	-	-	-	-	-	failed")
+    kill "$vpid" 2>/dev/null || true
+    cleanup
+    return 0
+  fi
+  local base="http://127.0.0.1:$port" sync
+  curl -fsS -o /dev/null -X PUT "$base/v1/sources/bench" -H 'Content-Type: application/json' \
+    -d "{\"base_url\":\"http://127.0.0.1:$vport\",\"api_token\":\"bench-token\"}" || rc=1
+  t0=$(date +%s.%N)
+  sync=$(curl -sS -m 900 -X POST "$base/v1/sources/bench/sync") || rc=1
+  t1=$(date +%s.%N)
+  echo "   sync: $sync in $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }') s"
+  kill "$vpid" 2>/dev/null || true
+  wait "$vpid" 2>/dev/null || true
+  [ "$(json_field "$sync" added)" = "$robots" ] || { rc=1; FAILED+=("registry: sync did not add $robots robots"); }
+
+  local lua=$RUN_DIR/registry-wrk.lua mode out path
+  for mode in get list list-fleet; do
+    case "$mode" in
+      get) path='string.format("/v1/robots/bench-%05d", math.random(0, N - 1))' ;;
+      list) path='string.format("/v1/robots?limit=100&cursor=bench-%05d", math.random(0, N - 1))' ;;
+      list-fleet) path='string.format("/v1/robots?limit=100&fleet=fleet-%d&cursor=bench-%05d", math.random(0, 19), math.random(0, N - 1))' ;;
+    esac
+    printf 'N = %d\nmath.randomseed(os.time())\nrequest = function() return wrk.format("GET", %s) end\n' \
+      "$robots" "$path" > "$lua"
+    out=$LOG_DIR/registry-$mode.out
+    wrk -t2 -c"$CONNECTIONS" -d"${WARMUP}s" -s "$lua" "$base" > /dev/null 2>&1 || true
+    c0=$(cpu_ticks "$pid")
+    t0=$(date +%s.%N)
+    wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" --latency -s "$lua" "$base" > "$out" 2>&1 || rc=1
+    c1=$(cpu_ticks "$pid")
+    t1=$(date +%s.%N)
+    cpu=$(awk -v a="$c0" -v b="$c1" -v t0="$t0" -v t1="$t1" -v hz="$CLK_TCK" \
+      'BEGIN { printf "%.0f", (b - a) / hz / (t1 - t0) * 100 }')
+    hwm=$(awk -v k="$(status_kb "$pid" VmHWM)" 'BEGIN { printf "%.1f", k / 1024 }')
+    sed 's/^/   /' "$out"
+    grep -q "Non-2xx" "$out" && FAILED+=("registry/$mode: non-2xx answers, see $out")
+    read -r rps p50 p99 < <(wrk_figures "$out")
+    if [ "$mode" = get ]; then
+      SUMMARY+=("reg-$mode	$broker	$rps	$p50	$p99	$cpu	$hwm	GET/s >= 20000 $(met "$rps" '>=' 20000), p99 <= 10 ms $(met "$p99" '<=' 10)")
+    else
+      SUMMARY+=("reg-$mode	$broker	$rps	$p50	$p99	$cpu	$hwm	pages of 100 at $robots robots")
+    fi
+  done
+  SVC_PID=""
+  kill -TERM "$pid"
+  wait "$pid" || FAILED+=("registry: robot-registry exited non-zero on SIGTERM")
+  stop_broker "$broker"
+  scripts/redis-local.sh stop > /dev/null
+  [ $rc = 0 ] || FAILED+=("registry: a step failed, see $LOG_DIR")
+}
+
+# ---- benchmark: stream-processor ----------------------------------------------
+
+# Events/s through stream-processor with exactly-once on (transactions,
+# changelog, state outputs, Redis mirror) over BENCH_SP_EVENTS heartbeat-heavy
+# events for BENCH_ROBOTS robots, against the raw consume rate of the same topic
+# with a plain librdkafka consumer (kcat) in the same run (tests/bench/sp_bench.py).
+bench_stream() {
+  local broker=apache out json rc=0
+  echo "== stream / $broker (${BENCH_SP_EVENTS:-1000000} events, ${BENCH_ROBOTS:-100000} robots)"
+  [ -x "$BUILD/bin/stream-processor" ] || die "$BUILD/bin/stream-processor is missing: run 'make'"
+  command -v kcat > /dev/null || die "kcat is not installed (apt-get install kcat)"
+  eval "$(scripts/redis-local.sh start | grep '^REDIS_URL=')"
+  export REDIS_URL
+  start_broker "$broker"
+  out=$LOG_DIR/stream-bench.out
+  SP_PORT=$(free_port) /usr/bin/python3 tests/bench/sp_bench.py "$BUILD" "$RUN_DIR" > "$out" 2>&1 || rc=$?
+  sed 's/^/   /' "$out"
+  stop_broker "$broker"
+  scripts/redis-local.sh stop > /dev/null
+  json=$(grep '^{' "$out" | tail -n 1 || true)
+  if [ "$rc" != 0 ] || [ -z "$json" ] || [ -n "$(json_field "$json" error)" ]; then
+    FAILED+=("stream/$broker: the benchmark did not complete (exit $rc), see $out")
+    SUMMARY+=("stream	$broker	-	-	-	-	-	failed")
+    return 0
+  fi
+  local eps raw ratio cores epc rss
+  eps=$(json_field "$json" events_per_s)
+  raw=$(json_field "$json" raw_per_s)
+  ratio=$(json_field "$json" ratio)
+  cores=$(json_field "$json" cpu_cores)
+  epc=$(json_field "$json" events_per_cpu_s)
+  rss=$(json_field "$json" rss_mib_peak)
+  SUMMARY+=("stream	$broker	$eps	-	-	$(awk -v c="$cores" 'BEGIN{printf "%.0f", c*100}')	$rss	events/s $(met "$eps" '>=' 100000) (raw $raw/s, ratio $ratio $(met "$ratio" '>=' 0.25), $epc per cpu-s), rss $(met "$rss" '<=' 128)")
+}
+
 # ---- main -------------------------------------------------------------------
 
 names=("$@")
@@ -226,6 +450,8 @@ done
 
 echo
 echo "targets (information only): accepted/s >= 20000, p99 <= 25 ms, peak RSS <= 64 MiB"
+echo "  stream: accepted/s = events/s through stream-processor (exactly-once), targets >= 100000/s on one core, >= 25% of the raw consume rate, rss <= 128 MiB"
+echo "  cfg-rel: p50/p99 = release sent -> applied in each of 5 services; cfg-watch: accepted/s = watchers notified, p99 = fan-out ms, rss = config-center peak (VmHWM)"
 printf '%-8s %-9s %10s %8s %8s %6s %9s  %s\n' bench broker accepted/s p50_ms p99_ms cpu% rss_MiB targets
 for row in "${SUMMARY[@]}"; do
   IFS=$'\t' read -r b br rps p50 p99 cpu rss tg <<< "$row"

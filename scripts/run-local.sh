@@ -74,6 +74,8 @@ if [ -z "${SECRETS_KEY:-}" ]; then
   SECRETS_KEY=$(cat "$RUN_DIR/secrets.key")
 fi
 export REDIS_URL KAFKA_BOOTSTRAP_SERVERS SECRETS_KEY
+# The config client's cache of released namespaces (a start while Redis is down).
+export CONFIG_CACHE_DIR=${CONFIG_CACHE_DIR:-$RUN_DIR/config-cache}
 
 for s in "${SERVICES[@]}"; do
   HTTP_PORT=${PORT[$s]} "$BUILD/bin/$s" -c "$ROOT_DIR/services/$s/$s.yaml" \

@@ -42,6 +42,13 @@ struct http_server *http_server_new(const struct http_server_options *opt, char 
 /* Registers a route before start. pattern segments "{name}" capture one path segment. */
 int http_server_route(struct http_server *s, const char *method, const char *pattern,
                       http_handler_fn fn, void *ud);
+/*
+ * A check run before every handler (after routing, with the body read): return
+ * true to let the handler run, or answer the request (http_respond*) and
+ * return false. Set before start.
+ */
+typedef bool (*http_guard_fn)(struct http_request *req, void *ud);
+int http_server_set_guard(struct http_server *s, http_guard_fn fn, void *ud);
 int http_server_start(struct http_server *s, char *errbuf, size_t errsize);
 /* The port actually bound (useful when options asked for 0). */
 uint16_t http_server_port(const struct http_server *s);

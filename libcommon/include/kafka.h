@@ -18,6 +18,8 @@
 #define KAFKA_ERR_FATAL      (-11003) /* the producer is unusable (fenced): exit */
 #define KAFKA_ERR_TIMEOUT    (-11004)
 #define KAFKA_ERR_QUEUE_FULL (-11005)
+/* Delivery failed and the broker certainly did not store the message. */
+#define KAFKA_ERR_NOT_PERSISTED (-11006)
 
 struct kafka_prop {
     const char *name;
@@ -30,13 +32,20 @@ struct kafka_header {
     size_t len;
 };
 
+struct kafka_partition {
+    const char *topic;
+    int32_t partition;
+};
+
 struct kafka_producer;
 struct kafka_consumer;
 struct kafka_msg;
 
 /*
  * Called once per message from the producer's poll thread. err is 0 when the
- * broker acknowledged it (acks=all), else negative with errstr saying why.
+ * broker acknowledged it (acks=all), else negative with errstr saying why:
+ * KAFKA_ERR_NOT_PERSISTED when the message certainly was not stored, any other
+ * code when it may have been (e.g. timed out while in flight).
  */
 typedef void (*kafka_delivery_fn)(void *opaque, int err, const char *errstr, int32_t partition,
                                   int64_t offset);
@@ -72,6 +81,14 @@ void kafka_producer_free(struct kafka_producer *p, int flush_timeout_ms);
 int kafka_txn_begin(struct kafka_producer *p);
 /* Adds the consumer's current positions to the transaction. */
 int kafka_txn_send_offsets(struct kafka_producer *p, struct kafka_consumer *c, int timeout_ms);
+/*
+ * Adds explicit next-offsets (offsets[i] is the next message to read of
+ * parts[i]) to the transaction, with the consumer's group metadata (KIP-447
+ * fencing), for a caller that tracks what it processed itself. 0 or negative.
+ */
+int kafka_txn_send_positions(struct kafka_producer *p, struct kafka_consumer *c,
+                             const struct kafka_partition *parts, const int64_t *offsets,
+                             size_t nparts, int timeout_ms);
 int kafka_txn_commit(struct kafka_producer *p, int timeout_ms);
 int kafka_txn_abort(struct kafka_producer *p, int timeout_ms);
 
@@ -85,10 +102,6 @@ struct kafka_consumer *kafka_consumer_new(const char *bootstrap, const char *gro
                                           char *errbuf, size_t errsize);
 int kafka_consumer_subscribe(struct kafka_consumer *c, const char *const *topics, size_t ntopics);
 
-struct kafka_partition {
-    const char *topic;
-    int32_t partition;
-};
 /* assigned: true for newly assigned partitions, false for revoked or lost ones. */
 typedef void (*kafka_rebalance_fn)(void *ud, bool assigned, bool lost,
                                    const struct kafka_partition *parts, size_t nparts);
@@ -103,6 +116,29 @@ int kafka_consumer_commit(struct kafka_consumer *c, bool async);
 /* Moves a partition's position (used to rewind after an aborted transaction). */
 int kafka_consumer_seek(struct kafka_consumer *c, const char *topic, int32_t partition,
                         int64_t offset, int timeout_ms);
+/* Special offsets for kafka_consumer_assign. */
+#define KAFKA_OFFSET_BEGINNING (-2)    /* the oldest message still in the log */
+#define KAFKA_OFFSET_END       (-1)    /* only messages produced from now on */
+#define KAFKA_OFFSET_STORED    (-1000) /* the group's committed offset (else auto.offset.reset) */
+/*
+ * Adds partitions to the consumer's assignment (incrementally; the existing
+ * assignment stays), each starting at offsets[i]. Works on a consumer that never
+ * subscribed (reading a partition directly) and, from the rebalance callback of
+ * a cooperative group, to consume partitions alongside the group's assignment
+ * whose offsets are still committed to the group. 0 or negative.
+ */
+int kafka_consumer_assign(struct kafka_consumer *c, const struct kafka_partition *parts,
+                          const int64_t *offsets, size_t nparts);
+/* Removes partitions added by kafka_consumer_assign (incrementally). 0 or negative. */
+int kafka_consumer_unassign(struct kafka_consumer *c, const struct kafka_partition *parts,
+                            size_t nparts);
+/*
+ * The last high watermark the consumer saw for a partition (no network round
+ * trip; -1 before the first fetch). With read_committed it may include
+ * messages of transactions still open. 0 or negative.
+ */
+int kafka_consumer_high_watermark(struct kafka_consumer *c, const char *topic, int32_t partition,
+                                  int64_t *high);
 /* Leaves the group (committing nothing) and destroys. NULL-safe. */
 void kafka_consumer_free(struct kafka_consumer *c);
 

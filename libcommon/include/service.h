@@ -32,6 +32,9 @@ struct service_def {
     const struct cfg_key *keys; /* the service's own config keys (may be NULL) */
     size_t nkeys;
     kafka_delivery_fn on_delivery; /* delivery reports of the shared producer (may be NULL) */
+    /* librdkafka properties for the shared producer that kafka.properties may override */
+    const struct kafka_prop *producer_defaults;
+    size_t nproducer_defaults;
 };
 
 /*
@@ -58,7 +61,28 @@ void service_on_tick(struct service *s, void (*fn)(void *ud), void *ud);
 void service_on_shutdown(struct service *s, void (*fn)(void *ud), void *ud);
 
 const char *service_name(const struct service *s);
+/*
+ * The configuration the service started with (file, released namespaces, env),
+ * valid until service_free. Its reloadable keys are not updated: read those
+ * through service_config_acquire or in a reload callback.
+ */
 const struct cfg *service_cfg(const struct service *s);
+/*
+ * The current configuration, safe against a concurrent reload: it stays valid
+ * and unchanged until you give it back with service_config_release (a reload
+ * swaps in a new struct cfg; the old one is freed by its last reader).
+ */
+const struct cfg *service_config_acquire(struct service *s);
+void service_config_release(struct service *s, const struct cfg *cfg);
+/*
+ * Called after config-center released a change that was applied (only
+ * reloadable keys differ; others are logged as "needs restart"). Runs on the
+ * config client's thread; old_cfg and new_cfg are valid during the call. Up to
+ * 8 callbacks; register before service_run. 0 or -ENOSPC.
+ */
+int service_on_reload(struct service *s,
+                      void (*fn)(void *ud, const struct cfg *old_cfg, const struct cfg *new_cfg),
+                      void *ud);
 struct http_server *service_http(struct service *s);
 struct metrics *service_metrics(struct service *s);
 struct redis *service_redis(struct service *s);

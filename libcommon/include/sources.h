@@ -57,6 +57,31 @@ bool source_secret_active(const struct source_secret *s, int64_t now_ms);
 int sources_load(struct redis *r, const struct keyring *k, const char *id, struct source **out);
 void source_free(struct source *s);
 
+/* ---- writing (robot-registry) ---- */
+
+struct source_store_opts {
+    int64_t expected_version; /* -1: any; 0: must not exist yet; else the stored version */
+    const char *updated_by;   /* who made the change (X-Consumer-Username); NULL = "" */
+    const char *webhook_id;   /* the vendor's subscription id: NULL keeps it, "" removes it */
+    int64_t now_ms;           /* written as updated_at; secrets expired by then are dropped */
+};
+
+/*
+ * Writes every field of src in one Lua script (never a half-written source):
+ * base_url, signature_scheme, api_token and webhook_secrets sealed with k (the
+ * secrets as "whsec_<base64 key>" in src's order, expired ones dropped),
+ * updated_at, updated_by, created_at on first write, version bumped by one, and
+ * the id added to `sources`. Only when the stored version equals
+ * expected_version: 0 and *new_version, -ESTALE (*new_version = the stored
+ * version), -EINVAL (a bad id or too many secrets) or -EIO (Redis).
+ */
+int sources_store(struct redis *r, const struct keyring *k, const struct source *src,
+                  const struct source_store_opts *o, int64_t *new_version);
+/* Removes source:{id} and its `sources` entry atomically: 0, -ENOENT or -EIO. */
+int sources_delete(struct redis *r, const char *id);
+/* A secret's key as "whsec_<base64>", the form sources_store writes. You free it. */
+char *source_secret_text(const struct source_secret *s);
+
 /* ---- cache ---- */
 struct source_cache;
 

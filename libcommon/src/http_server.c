@@ -108,6 +108,8 @@ struct http_server {
     atomic_size_t inflight;
     struct metric *m_requests; /* NULL without opt->metrics */
     struct metric *m_duration;
+    http_guard_fn guard; /* runs before every handler; NULL = none */
+    void *guard_ud;
 
     /* Suspended requests, so free can resume them: MHD panics on stop otherwise. */
     pthread_mutex_t lock;
@@ -781,7 +783,8 @@ static enum MHD_Result dispatch(struct http_request *r)
     }
     r->route = found;
     request_capture_params(r, segs);
-    found->fn(r, found->ud);
+    if (!s->guard || s->guard(r, s->guard_ud))
+        found->fn(r, found->ud);
     return after_handler(r);
 }
 
@@ -956,6 +959,15 @@ int http_server_start(struct http_server *s, char *errbuf, size_t errsize)
     }
     s->port = info->port;
     LOG_INFO("http server listening on %s:%u", s->bind, (unsigned)s->port);
+    return 0;
+}
+
+int http_server_set_guard(struct http_server *s, http_guard_fn fn, void *ud)
+{
+    if (s->daemon)
+        return -EBUSY;
+    s->guard = fn;
+    s->guard_ud = ud;
     return 0;
 }
 

@@ -166,8 +166,12 @@ static void deliver(struct kafka_producer *p, const rd_kafka_message_t *m)
      * payload, which is not NUL-terminated. */
     const char *errstr = m->err ? rd_kafka_err2str(m->err) : "";
 
+    int err = err_code(m->err);
+    /* A failure the broker certainly never stored can be retried without duplicates. */
+    if (m->err && rd_kafka_message_status(m) == RD_KAFKA_MSG_STATUS_NOT_PERSISTED)
+        err = KAFKA_ERR_NOT_PERSISTED;
     if (p->cb)
-        p->cb(m->_private, err_code(m->err), errstr, m->partition, m->offset);
+        p->cb(m->_private, err, errstr, m->partition, m->offset);
 }
 
 static void handle_error_event(struct kafka_producer *p, rd_kafka_event_t *ev)
@@ -451,6 +455,39 @@ out_parts:
     return rc;
 }
 
+int kafka_txn_send_positions(struct kafka_producer *p, struct kafka_consumer *c,
+                             const struct kafka_partition *parts, const int64_t *offsets,
+                             size_t nparts, int timeout_ms)
+{
+    rd_kafka_topic_partition_list_t *list;
+    rd_kafka_consumer_group_metadata_t *cgmd;
+    int rc;
+
+    if (!p || !p->transactional || !c || (nparts > 0 && (!parts || !offsets)) || nparts > INT_MAX)
+        return -EINVAL;
+    if (nparts == 0)
+        return 0;
+    list = rd_kafka_topic_partition_list_new((int)nparts);
+    for (size_t i = 0; i < nparts; i++) {
+        if (!parts[i].topic || offsets[i] < 0) {
+            rd_kafka_topic_partition_list_destroy(list);
+            return -EINVAL;
+        }
+        rd_kafka_topic_partition_list_add(list, parts[i].topic, parts[i].partition)->offset =
+            offsets[i];
+    }
+    cgmd = rd_kafka_consumer_group_metadata(c->rk);
+    if (!cgmd) {
+        rd_kafka_topic_partition_list_destroy(list);
+        return -EINVAL;
+    }
+    rc = txn_error("send_offsets_to_transaction",
+                   rd_kafka_send_offsets_to_transaction(p->rk, list, cgmd, timeout_ms));
+    rd_kafka_consumer_group_metadata_destroy(cgmd);
+    rd_kafka_topic_partition_list_destroy(list);
+    return rc;
+}
+
 int kafka_txn_commit(struct kafka_producer *p, int timeout_ms)
 {
     if (!p || !p->transactional)
@@ -714,6 +751,69 @@ int kafka_consumer_seek(struct kafka_consumer *c, const char *topic, int32_t par
                      rd_kafka_err2str(err));
     }
     rd_kafka_topic_partition_list_destroy(list);
+    return err_code(err);
+}
+
+/* kafka.h's special offsets are librdkafka's, so they pass through unchanged. */
+_Static_assert(KAFKA_OFFSET_BEGINNING == RD_KAFKA_OFFSET_BEGINNING, "offset constant");
+_Static_assert(KAFKA_OFFSET_END == RD_KAFKA_OFFSET_END, "offset constant");
+_Static_assert(KAFKA_OFFSET_STORED == RD_KAFKA_OFFSET_STORED, "offset constant");
+
+static int assign_incremental(struct kafka_consumer *c, const struct kafka_partition *parts,
+                              const int64_t *offsets, size_t nparts, bool add)
+{
+    rd_kafka_topic_partition_list_t *list;
+    rd_kafka_error_t *error;
+    int rc = 0;
+
+    if (!c || (nparts > 0 && !parts) || nparts > INT_MAX)
+        return -EINVAL;
+    if (nparts == 0)
+        return 0;
+    list = rd_kafka_topic_partition_list_new((int)nparts);
+    for (size_t i = 0; i < nparts; i++) {
+        if (!parts[i].topic) {
+            rd_kafka_topic_partition_list_destroy(list);
+            return -EINVAL;
+        }
+        rd_kafka_topic_partition_list_add(list, parts[i].topic, parts[i].partition)->offset =
+            offsets ? offsets[i] : RD_KAFKA_OFFSET_INVALID;
+    }
+    error =
+        add ? rd_kafka_incremental_assign(c->rk, list) : rd_kafka_incremental_unassign(c->rk, list);
+    if (error) {
+        LOG_WARN("kafka incremental %s failed: %s", add ? "assign" : "unassign",
+                 rd_kafka_error_string(error));
+        rc = err_code(rd_kafka_error_code(error));
+        rd_kafka_error_destroy(error);
+    }
+    rd_kafka_topic_partition_list_destroy(list);
+    return rc;
+}
+
+int kafka_consumer_assign(struct kafka_consumer *c, const struct kafka_partition *parts,
+                          const int64_t *offsets, size_t nparts)
+{
+    return assign_incremental(c, parts, offsets, nparts, true);
+}
+
+int kafka_consumer_unassign(struct kafka_consumer *c, const struct kafka_partition *parts,
+                            size_t nparts)
+{
+    return assign_incremental(c, parts, NULL, nparts, false);
+}
+
+int kafka_consumer_high_watermark(struct kafka_consumer *c, const char *topic, int32_t partition,
+                                  int64_t *high)
+{
+    int64_t low = -1;
+    rd_kafka_resp_err_t err;
+
+    if (!c || !topic || !high)
+        return -EINVAL;
+    err = rd_kafka_get_watermark_offsets(c->rk, topic, partition, &low, high);
+    if (err)
+        *high = -1;
     return err_code(err);
 }
 

@@ -12,8 +12,11 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "config_client.h"
+#include "crypto.h"
 #include "health.h"
 #include "http_server.h"
+#include "keyring.h"
 #include "lifecycle.h"
 #include "log.h"
 #include "metrics.h"
@@ -53,12 +56,23 @@ static const struct cfg_key common_keys[] = {
      "how often readiness checks run"},
     {"shutdown.timeout_s", CFG_INT, "25", 1, 600, false, "SHUTDOWN_TIMEOUT_S",
      "how long shutdown waits for in-flight requests"},
+    {"config_center.cache_dir", CFG_STRING, "/var/cache/robot-fleet", 0, 0, false,
+     "CONFIG_CACHE_DIR", "where the last applied namespaces are kept for a start without Redis"},
+    {"config_center.resync_s", CFG_INT, "30", 1, 3600, false, "CONFIG_RESYNC_S",
+     "how often released versions are re-read from Redis (covers a lost message)"},
+    {"gateway.require_identity", CFG_BOOL, "false", 0, 0, false, "GATEWAY_REQUIRE_IDENTITY",
+     "refuse every request but /healthz, /readyz, /metrics without Kong's X-Gateway-Token"},
+    {"gateway.token", CFG_STRING, "", 0, 256, false, "GATEWAY_TOKEN",
+     "the token Kong adds as X-Gateway-Token (a secret: set it through the environment)"},
 };
 
 struct service {
     const struct service_def *def;
     char *config_path;
-    struct cfg *cfg;
+    struct cfg *boot_cfg;  /* file + env; owns the strings in props */
+    const struct cfg *cfg; /* as started, including released namespaces (owned by config) */
+    struct config_client *config;
+    struct keyring *keyring; /* opens sealed config values; NULL without SECRETS_KEY */
     struct cfg_key port_key[1];
     char port_default[8];
     struct kafka_prop props[MAX_KAFKA_PROPS];
@@ -100,6 +114,61 @@ static const char *parse_args(int argc, char **argv, const char *name, char *err
     return path;
 }
 
+/* Reloadable keys the runtime itself applies. */
+static void reload_runtime(void *ud, const struct cfg *old_cfg, const struct cfg *new_cfg)
+{
+    (void)ud;
+    const char *was = cfg_get_str(old_cfg, "log.level");
+    const char *now = cfg_get_str(new_cfg, "log.level");
+    enum log_level level;
+    if (strcmp(was, now) == 0)
+        return;
+    if (log_level_parse(now, &level) == 0) {
+        log_set_level(level);
+        LOG_WARN("log level is now '%s'", now);
+    } else {
+        LOG_WARN("log.level '%s' is not debug, info, warn or error; keeping '%s'", now, was);
+    }
+}
+
+/*
+ * The config-center client: released namespaces over file_cfg (Redis, or the
+ * cache file when Redis is down), env last. s->cfg is the config as started.
+ */
+static int open_config(struct service *s, const struct cfg *file_cfg, char *err, size_t errsize)
+{
+    char kerr[160] = "";
+    if (getenv("SECRETS_KEY") &&
+        !(s->keyring = keyring_from_env("SECRETS_KEY", kerr, sizeof(kerr))))
+        LOG_WARN("SECRETS_KEY unusable, sealed config values will be refused: %s", kerr);
+    const struct cfg *b = s->boot_cfg;
+    struct config_client_options o = {
+        .service = s->def->name,
+        .file_cfg = file_cfg,
+        .start_cfg = b,
+        .redis_url = cfg_get_str(b, "redis.url"),
+        .redis_timeout_ms = (int)cfg_get_int(b, "redis.connect_timeout_ms"),
+        .bootstrap = cfg_get_str(b, "kafka.bootstrap_servers"),
+        .props = s->props,
+        .nprops = s->nprops,
+        .cache_dir = cfg_get_str(b, "config_center.cache_dir"),
+        .resync_s = (int)cfg_get_int(b, "config_center.resync_s"),
+        .keyring = s->keyring,
+        .metrics = s->metrics,
+    };
+    s->config = config_client_new(&o, err, errsize);
+    if (!s->config)
+        return -EINVAL;
+    s->cfg = config_client_initial(s->config);
+    enum log_level level;
+    if (log_level_parse(cfg_get_str(s->cfg, "log.level"), &level) == 0)
+        log_set_level(level);
+    LOG_DEBUG("configuration loaded: common v%lld, %s v%lld",
+              (long long)config_client_version(s->config, "common"), s->def->name,
+              (long long)config_client_version(s->config, s->def->name));
+    return config_client_on_reload(s->config, reload_runtime, s);
+}
+
 struct service *service_new(const struct service_def *def, int argc, char **argv)
 {
     char err[512] = "";
@@ -115,20 +184,25 @@ struct service *service_new(const struct service_def *def, int argc, char **argv
     snprintf(s->port_default, sizeof(s->port_default), "%u", (unsigned)def->default_port);
     s->port_key[0] = (struct cfg_key){"http.port", CFG_INT, s->port_default, 1,
                                       65535,       false,   "HTTP_PORT",     "port to listen on"};
-    s->cfg = cfg_new();
-    if (cfg_declare(s->cfg, common_keys, sizeof(common_keys) / sizeof(common_keys[0])) ||
-        cfg_declare(s->cfg, s->port_key, 1) ||
-        (def->nkeys && cfg_declare(s->cfg, def->keys, def->nkeys))) {
+    struct cfg *file_cfg = cfg_new();
+    if (cfg_declare(file_cfg, common_keys, sizeof(common_keys) / sizeof(common_keys[0])) ||
+        cfg_declare(file_cfg, s->port_key, 1) ||
+        (def->nkeys && cfg_declare(file_cfg, def->keys, def->nkeys))) {
         fprintf(stderr, "%s: duplicate configuration key in the service schema\n", def->name);
         goto out_free;
     }
-    if (cfg_load_file(s->cfg, s->config_path, err, sizeof(err)) ||
-        cfg_apply_env(s->cfg, err, sizeof(err)) || cfg_validate(s->cfg, err, sizeof(err))) {
+    if (cfg_load_file(file_cfg, s->config_path, err, sizeof(err))) {
+        fprintf(stderr, "%s\n", err);
+        goto out_free;
+    }
+    s->boot_cfg = cfg_clone(file_cfg);
+    if (cfg_apply_env(s->boot_cfg, err, sizeof(err)) ||
+        cfg_validate(s->boot_cfg, err, sizeof(err))) {
         fprintf(stderr, "%s\n", err);
         goto out_free;
     }
     enum log_level level;
-    if (log_level_parse(cfg_get_str(s->cfg, "log.level"), &level)) {
+    if (log_level_parse(cfg_get_str(s->boot_cfg, "log.level"), &level)) {
         fprintf(stderr, "%s: log.level must be debug, info, warn or error\n", s->config_path);
         goto out_free;
     }
@@ -137,16 +211,25 @@ struct service *service_new(const struct service_def *def, int argc, char **argv
         fprintf(stderr, "%s: cannot install signal handlers: %s\n", def->name, strerror(errno));
         goto out_free;
     }
-    cfg_map_foreach(s->cfg, "kafka.properties", collect_prop, s);
-    if (cfg_map_count(s->cfg, "kafka.properties") > MAX_KAFKA_PROPS) {
+    cfg_map_foreach(s->boot_cfg, "kafka.properties", collect_prop, s);
+    if (cfg_map_count(s->boot_cfg, "kafka.properties") > MAX_KAFKA_PROPS) {
         fprintf(stderr, "%s: more than %d kafka.properties\n", s->config_path, MAX_KAFKA_PROPS);
         goto out_free;
     }
     s->metrics = metrics_new();
+    if (open_config(s, file_cfg, err, sizeof(err))) {
+        fprintf(stderr, "%s: %s\n", def->name, err);
+        goto out_free;
+    }
+    cfg_free(file_cfg);
     return s;
 
 out_free:
-    cfg_free(s->cfg);
+    config_client_free(s->config);
+    keyring_free(s->keyring);
+    metrics_free(s->metrics);
+    cfg_free(file_cfg);
+    cfg_free(s->boot_cfg);
     free(s->config_path);
     free(s);
     return NULL;
@@ -167,13 +250,34 @@ static bool check_redis(void *ud)
 static bool check_config(void *ud)
 {
     struct service *s = ud;
-    return s->cfg != NULL;
+    return s->cfg != NULL && config_client_following(s->config);
 }
 
 static bool check_topics(void *ud)
 {
     struct service *s = ud;
     return s->topics_ready;
+}
+
+/*
+ * Behind Kong every request carries the gateway's token; a request without it
+ * came around the gateway (and its key-auth), so it is refused. Probes and
+ * Prometheus reach the operational paths directly.
+ */
+static bool gateway_guard(struct http_request *req, void *ud)
+{
+    struct service *s = ud;
+    const char *route = http_request_route(req);
+    if (strcmp(route, "/healthz") == 0 || strcmp(route, "/readyz") == 0 ||
+        strcmp(route, "/metrics") == 0)
+        return true;
+    const char *want = cfg_get_str(s->cfg, "gateway.token");
+    const char *got = http_request_header(req, "X-Gateway-Token");
+    size_t n = strlen(want);
+    if (got && strlen(got) == n && crypto_equal(got, want, n))
+        return true;
+    http_respond_problem(req, 401, "X-Gateway-Token", "requests must come through the API gateway");
+    return false;
 }
 
 static double rss_bytes(void *ud)
@@ -223,11 +327,16 @@ int service_open(struct service *s)
     }
     char client_id[96];
     snprintf(client_id, sizeof(client_id), "%s-%ld", s->def->name, (long)getpid());
-    struct kafka_prop props[MAX_KAFKA_PROPS + 1];
-    props[0] = (struct kafka_prop){"client.id", client_id};
-    memcpy(props + 1, s->props, s->nprops * sizeof(props[0]));
-    s->producer = kafka_producer_new(cfg_get_str(c, "kafka.bootstrap_servers"), props,
-                                     s->nprops + 1, NULL, s->def->on_delivery, err, sizeof(err));
+    /* client.id, then the service's defaults, then the config file's properties (which win). */
+    struct kafka_prop props[2 * MAX_KAFKA_PROPS + 1];
+    size_t nprops = 0;
+    props[nprops++] = (struct kafka_prop){"client.id", client_id};
+    for (size_t i = 0; i < s->def->nproducer_defaults && i < MAX_KAFKA_PROPS; i++)
+        props[nprops++] = s->def->producer_defaults[i];
+    memcpy(props + nprops, s->props, s->nprops * sizeof(props[0]));
+    nprops += s->nprops;
+    s->producer = kafka_producer_new(cfg_get_str(c, "kafka.bootstrap_servers"), props, nprops, NULL,
+                                     s->def->on_delivery, err, sizeof(err));
     if (!s->producer) {
         LOG_ERROR("cannot create kafka producer: %s", err);
         return -EINVAL;
@@ -236,6 +345,10 @@ int service_open(struct service *s)
         ensure_topics(s);
     else
         s->topics_ready = true;
+    if (config_client_start(s->config)) {
+        LOG_ERROR("cannot start following %s", TOPIC_CONFIG_CHANGES);
+        return -EINVAL;
+    }
 
     struct http_server_options ho = {
         .bind = cfg_get_str(c, "http.bind"),
@@ -250,6 +363,14 @@ int service_open(struct service *s)
     if (!s->http) {
         LOG_ERROR("cannot create http server: %s", err);
         return -EINVAL;
+    }
+    if (cfg_get_bool(c, "gateway.require_identity")) {
+        if (strlen(cfg_get_str(c, "gateway.token")) < 16) {
+            LOG_ERROR("gateway.require_identity is on but gateway.token (GATEWAY_TOKEN) is "
+                      "shorter than 16 characters");
+            return -EINVAL;
+        }
+        http_server_set_guard(s->http, gateway_guard, s);
     }
     s->health = health_new((int)cfg_get_int(c, "health.interval_ms"));
     health_add_check(s->health, "config", check_config, s);
@@ -307,6 +428,7 @@ void service_free(struct service *s)
 {
     if (!s)
         return;
+    config_client_stop(s->config); /* no reload callback runs from here on */
     if (s->health)
         health_set_draining(s->health, true);
     if (s->http) {
@@ -329,8 +451,10 @@ void service_free(struct service *s)
     redis_free(s->redis);
     if (s->cfg)
         LOG_INFO("stopped");
+    config_client_free(s->config);
+    keyring_free(s->keyring);
     metrics_free(s->metrics);
-    cfg_free(s->cfg);
+    cfg_free(s->boot_cfg);
     free(s->config_path);
     free(s);
 }
@@ -355,6 +479,23 @@ const char *service_name(const struct service *s)
 const struct cfg *service_cfg(const struct service *s)
 {
     return s->cfg;
+}
+
+const struct cfg *service_config_acquire(struct service *s)
+{
+    return config_client_acquire(s->config);
+}
+
+void service_config_release(struct service *s, const struct cfg *cfg)
+{
+    config_client_release(s->config, cfg);
+}
+
+int service_on_reload(struct service *s,
+                      void (*fn)(void *ud, const struct cfg *old_cfg, const struct cfg *new_cfg),
+                      void *ud)
+{
+    return config_client_on_reload(s->config, fn, ud);
 }
 
 struct http_server *service_http(struct service *s)

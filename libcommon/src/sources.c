@@ -193,6 +193,158 @@ out:
     return 0;
 }
 
+/* ---- writing ---- */
+
+/*
+ * KEYS: source:{id}, sources. ARGV: expected version (-1 any), webhook mode
+ * (keep|set|del), webhook id, created_at, then field/value pairs.
+ * Returns {1, new version} or {0, stored version}.
+ */
+static const char STORE_LUA[] =
+    "local cur = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')\n"
+    "local exp = tonumber(ARGV[1])\n"
+    "if exp >= 0 and cur ~= exp then return {0, cur} end\n"
+    "local nv = cur + 1\n"
+    "local args = {}\n"
+    "for i = 5, #ARGV do args[#args + 1] = ARGV[i] end\n"
+    "redis.call('HSET', KEYS[1], 'version', tostring(nv), unpack(args))\n"
+    "redis.call('HSETNX', KEYS[1], 'created_at', ARGV[4])\n"
+    "if ARGV[2] == 'set' then redis.call('HSET', KEYS[1], 'webhook_id', ARGV[3])\n"
+    "elseif ARGV[2] == 'del' then redis.call('HDEL', KEYS[1], 'webhook_id') end\n"
+    "redis.call('SADD', KEYS[2], ARGV[6])\n"
+    "return {1, nv}\n";
+
+char *source_secret_text(const struct source_secret *s)
+{
+    size_t cap = 4 * ((s->keylen + 2) / 3) + 1;
+    char *b64 = xmalloc(cap);
+    if (crypto_base64_encode(s->key, s->keylen, b64, cap) < 0)
+        b64[0] = '\0';
+    char *out = xasprintf("whsec_%s", b64);
+    OPENSSL_cleanse(b64, cap);
+    free(b64);
+    return out;
+}
+
+/* The sealed JSON list of src's secrets still active at now_ms. NULL if none. */
+static char *seal_secrets(const struct keyring *k, const struct source *src, int64_t now_ms)
+{
+    char aad[SOURCE_ID_MAX + 64];
+    cJSON *list = cJSON_CreateArray();
+    size_t n = 0;
+    for (size_t i = 0; i < src->nsecrets; i++) {
+        const struct source_secret *sec = &src->secrets[i];
+        if (!source_secret_active(sec, now_ms))
+            continue;
+        char *text = source_secret_text(sec);
+        cJSON *item = cJSON_CreateObject();
+        cJSON_AddStringToObject(item, "secret", text);
+        if (sec->expires_at_ms)
+            cJSON_AddNumberToObject(item, "expires_at_ms", (double)sec->expires_at_ms);
+        cJSON_AddItemToArray(list, item);
+        OPENSSL_cleanse(text, strlen(text));
+        free(text);
+        n++;
+    }
+    char *json = json_print(list, NULL);
+    /* The cJSON tree held secrets too: wipe the strings before freeing it. */
+    const cJSON *item;
+    cJSON_ArrayForEach(item, list)
+    {
+        const char *t = json_get_str(item, "secret");
+        if (t)
+            OPENSSL_cleanse((void *)t, strlen(t));
+    }
+    cJSON_Delete(list);
+    snprintf(aad, sizeof(aad), "source:%s:webhook_secrets", src->id);
+    char *sealed = n ? keyring_seal(k, aad, json, strlen(json)) : NULL;
+    OPENSSL_cleanse(json, strlen(json));
+    free(json);
+    return sealed;
+}
+
+int sources_store(struct redis *r, const struct keyring *k, const struct source *src,
+                  const struct source_store_opts *o, int64_t *new_version)
+{
+    char key[SOURCE_ID_MAX + 8], aad[SOURCE_ID_MAX + 64], expected[24], now[TIME_RFC3339_LEN];
+    if (!source_id_valid(src->id) || src->nsecrets > SOURCE_MAX_SECRETS)
+        return -EINVAL;
+    snprintf(key, sizeof(key), "source:%s", src->id);
+    snprintf(expected, sizeof(expected), "%lld", (long long)o->expected_version);
+    time_format_rfc3339(o->now_ms, now, sizeof(now));
+    char *token = NULL;
+    if (src->api_token && *src->api_token) {
+        snprintf(aad, sizeof(aad), "source:%s:api_token", src->id);
+        token = keyring_seal(k, aad, src->api_token, strlen(src->api_token));
+        if (!token)
+            return -EINVAL;
+    }
+    char *secrets = seal_secrets(k, src, o->now_ms);
+    const char *mode = !o->webhook_id ? "keep" : *o->webhook_id ? "set" : "del";
+    const char *argv[] = {"EVAL",
+                          STORE_LUA,
+                          "2",
+                          key,
+                          "sources",
+                          expected,
+                          mode,
+                          o->webhook_id ? o->webhook_id : "",
+                          now,
+                          "id",
+                          src->id,
+                          "base_url",
+                          src->base_url ? src->base_url : "",
+                          "signature_scheme",
+                          source_scheme_name(src->scheme),
+                          "api_token",
+                          token ? token : "",
+                          "webhook_secrets",
+                          secrets ? secrets : "",
+                          "updated_at",
+                          now,
+                          "updated_by",
+                          o->updated_by ? o->updated_by : ""};
+    redisReply *reply = redis_command(r, (int)(sizeof(argv) / sizeof(argv[0])), argv, NULL);
+    free(token);
+    free(secrets);
+    if (!reply)
+        return -EIO;
+    int rc = -EIO;
+    if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 2 &&
+        reply->element[0]->type == REDIS_REPLY_INTEGER &&
+        reply->element[1]->type == REDIS_REPLY_INTEGER) {
+        *new_version = reply->element[1]->integer;
+        rc = reply->element[0]->integer == 1 ? 0 : -ESTALE;
+    } else if (reply->type == REDIS_REPLY_ERROR) {
+        LOG_ERROR("cannot store source '%s': %s", src->id, reply->str);
+    }
+    freeReplyObject(reply);
+    return rc;
+}
+
+int sources_delete(struct redis *r, const char *id)
+{
+    char key[SOURCE_ID_MAX + 8];
+    if (!source_id_valid(id))
+        return -ENOENT;
+    snprintf(key, sizeof(key), "source:%s", id);
+    const char *multi[] = {"MULTI"}, *del[] = {"DEL", key}, *srem[] = {"SREM", "sources", id},
+               *exec[] = {"EXEC"};
+    struct redis_cmd cmds[] = {{1, multi, NULL}, {2, del, NULL}, {3, srem, NULL}, {1, exec, NULL}};
+    redisReply *replies[4] = {0};
+    if (redis_pipeline(r, 4, cmds, replies) != 0)
+        return -EIO;
+    int rc = -EIO;
+    const redisReply *ex = replies[3];
+    if (ex && ex->type == REDIS_REPLY_ARRAY && ex->elements == 2 &&
+        ex->element[0]->type == REDIS_REPLY_INTEGER)
+        rc = ex->element[0]->integer == 1 ? 0 : -ENOENT;
+    for (size_t i = 0; i < 4; i++)
+        if (replies[i])
+            freeReplyObject(replies[i]);
+    return rc;
+}
+
 /* ---- cache ---- */
 
 struct cache_entry {

@@ -2,11 +2,13 @@
  * POST /v1/webhooks/{source} (see ingest.h).
  *
  * The request's life: verify the signature on the raw bytes, parse and validate,
- * claim the webhook id in Redis ("pending"), produce every event, suspend the
- * connection; the producer's delivery reports count down and the last one
- * answers 202 (and marks the id "done") or 503 with Retry-After (and releases
- * the id so the sender's retry is accepted). Nothing is acknowledged before
- * Kafka has it with acks=all, and Redis being down never refuses a webhook.
+ * suspend the connection; the claim worker claims the webhook id in Redis
+ * ("pending", many requests per pipelined round trip, so HTTP threads never
+ * wait on Redis) and produces every event; the producer's delivery reports
+ * count down and the last one answers 202 (and marks the id "done") or 503 with
+ * Retry-After (and releases the id so the sender's retry is accepted). Nothing
+ * is acknowledged before Kafka has it with acks=all, and Redis being down never
+ * refuses a webhook.
  */
 #include "ingest.h"
 
@@ -23,6 +25,7 @@
 #include "cloudevents.h"
 #include "crypto.h"
 #include "events.h"
+#include "health.h"
 #include "http_server.h"
 #include "json.h"
 #include "kafka.h"
@@ -39,11 +42,11 @@
 #include "verify.h"
 #include "xalloc.h"
 
-#define DEDUPE_ID_MAX     200
-#define DEDUPE_KEY_MAX    (DEDUPE_ID_MAX + SOURCE_ID_MAX + 16)
-#define EVENT_MAX_BYTES   (1024 * 1024)
-#define FINALIZE_BATCH    256
-#define MAX_REDIS_THREADS 64
+#define DEDUPE_ID_MAX   200
+#define DEDUPE_KEY_MAX  (DEDUPE_ID_MAX + SOURCE_ID_MAX + 16)
+#define EVENT_MAX_BYTES (1024 * 1024)
+#define FINALIZE_BATCH  256
+#define CLAIM_BATCH     256
 
 const struct cfg_key ingest_config_keys[] = {
     {"ingest.signature_tolerance_s", CFG_INT, "300", 1, 86400, true, NULL,
@@ -57,6 +60,8 @@ const struct cfg_key ingest_config_keys[] = {
      "Redis timeout for the dedupe check; slower means accept without dedupe"},
     {"ingest.retry_after_s", CFG_INT, "5", 1, 3600, true, NULL,
      "Retry-After sent with 503 when Kafka cannot take events"},
+    {"ingest.ack_timeout_ms", CFG_INT, "5000", 100, 600000, true, NULL,
+     "answer 503 when Kafka has not acknowledged by then (the events stay queued)"},
     {"ingest.sources_refresh_s", CFG_INT, "30", 1, 3600, false, NULL,
      "full reload of vendor sources from Redis"},
     {"ingest.unknown_source_ttl_ms", CFG_INT, "2000", 0, 600000, false, NULL,
@@ -64,10 +69,44 @@ const struct cfg_key ingest_config_keys[] = {
 };
 const size_t ingest_config_nkeys = sizeof(ingest_config_keys) / sizeof(ingest_config_keys[0]);
 
-/* A queued Redis update of a webhook id once its fate is known. */
+/*
+ * An event may wait this long for the broker (a webhook is answered 503 long
+ * before, at ingest.ack_timeout_ms); it must end before the webhook id's
+ * pending claim expires, or a retry could be produced while it still waits.
+ */
+#define INGEST_MESSAGE_TIMEOUT_MS "45000"
+const struct kafka_prop ingest_producer_defaults[] = {
+    {"message.timeout.ms", INGEST_MESSAGE_TIMEOUT_MS},
+    {"queue.buffering.max.kbytes", "32768"},
+    {"linger.ms", "2"},
+};
+const size_t ingest_producer_ndefaults =
+    sizeof(ingest_producer_defaults) / sizeof(ingest_producer_defaults[0]);
+
+/* The message timeout in force: the config's kafka.properties win over our default. */
+static int64_t message_timeout_ms(struct service *svc)
+{
+    const struct kafka_prop *props;
+    size_t n = service_kafka_props(svc, &props);
+    int64_t v = 0;
+    str_to_int64(INGEST_MESSAGE_TIMEOUT_MS, &v);
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(props[i].name, "message.timeout.ms") == 0 &&
+            str_to_int64(props[i].value, &v) != 0)
+            v = -1;
+    return v;
+}
+
+/* What becomes of a claimed webhook id once its events' fate is known. */
+enum finalize_kind {
+    FINALIZE_DONE,    /* every event is in Kafka: later copies are duplicates */
+    FINALIZE_RELEASE, /* nothing was stored: the sender's retry must be accepted */
+};
+
+/* A queued Redis update of a webhook id. */
 struct finalize_op {
     struct finalize_op *next;
-    bool accepted; /* SET done, else DEL */
+    enum finalize_kind kind;
     char key[DEDUPE_KEY_MAX];
 };
 
@@ -87,17 +126,29 @@ struct ingest {
     int64_t pending_ttl_s;
     int64_t refresh_s;
     int64_t next_refresh_ms;
+    atomic_llong ack_timeout_ms;
 
-    /* per-thread Redis connections for the dedupe check */
-    pthread_mutex_t redis_lock;
-    struct redis *thread_redis[MAX_REDIS_THREADS];
-    size_t nthread_redis;
+    /* requests awaiting their answer, oldest first: the finalizer answers 503 at the deadline */
+    pthread_mutex_t list_lock;
+    struct pending *list_head, *list_tail;
+
     struct redis *shared_redis;
+
+    /* claim worker: dedupe claims for queued requests, then produces them */
+    struct redis *claim_redis;
+    pthread_mutex_t claim_lock;
+    pthread_cond_t claim_cond;
+    struct pending *claim_head, *claim_tail;
+    bool claim_waiting;
+    bool claim_stop;
+    bool claim_started;
+    pthread_t claim_thread;
 
     /* finalizer: applies dedupe outcomes off the delivery thread */
     pthread_mutex_t fin_lock;
     pthread_cond_t fin_cond;
     struct finalize_op *fin_head, *fin_tail;
+    bool fin_waiting;
     bool fin_stop;
     bool fin_started;
     pthread_t fin_thread;
@@ -105,6 +156,7 @@ struct ingest {
     /* registry watcher: invalidates cached sources on robot.registry.v1 */
     struct kafka_consumer *watch;
     atomic_bool watch_stop;
+    atomic_bool watch_assigned; /* partitions assigned at least once: changes are followed */
     bool watch_started;
     pthread_t watch_thread;
 
@@ -118,21 +170,32 @@ struct ingest {
     struct metric *m_degraded;   /* redis degraded */
 };
 
-/* One accepted-so-far request waiting for its delivery reports. */
+/* One verified request, from suspension until its answer. */
 struct pending {
     struct ingest *in;
     struct http_request *req;
+    struct pending *next;          /* claim queue */
+    struct pending *lprev, *lnext; /* awaiting-answer list */
+    bool linked;                   /* in that list (under list_lock) */
+    atomic_int refs;               /* the list + the outstanding deliveries */
+    atomic_bool answered;          /* the HTTP answer was given */
+    int64_t deadline_ms;           /* monotonic: answer 503 if Kafka is slower */
     atomic_int remaining;
     atomic_int failed;
+    atomic_int uncertain; /* failures the broker may nevertheless have stored */
     int64_t started_ms;
+    struct event_batch batch; /* released once every event is queued */
+    char **ids;               /* CloudEvent id per event */
     size_t nevents;
     bool has_dedupe;
     char source[SOURCE_ID_MAX + 1];
     char dedupe_key[DEDUPE_KEY_MAX];
+    char traceparent[TRACE_PARENT_LEN];
+    char received_at[TIME_RFC3339_LEN];
     char *ids_json; /* ["id1","id2",...] for the 202 body */
 };
 
-static _Thread_local struct redis *tls_redis;
+static void reap_overdue(struct ingest *in);
 
 /* ---- metrics helpers ---- */
 
@@ -156,48 +219,27 @@ static double inflight_value(void *ud)
 
 /* ---- Redis dedupe ---- */
 
-static struct redis *thread_redis(struct ingest *in)
-{
-    if (tls_redis)
-        return tls_redis;
-    pthread_mutex_lock(&in->redis_lock);
-    if (in->nthread_redis < MAX_REDIS_THREADS) {
-        char err[128];
-        tls_redis = redis_new(&in->dedupe_opts, err, sizeof(err));
-        if (tls_redis)
-            in->thread_redis[in->nthread_redis++] = tls_redis;
-    }
-    pthread_mutex_unlock(&in->redis_lock);
-    return tls_redis ? tls_redis : in->shared_redis;
-}
-
 enum claim { CLAIM_NEW, CLAIM_DONE, CLAIM_PENDING, CLAIM_DEGRADED };
 
-/* Claims the webhook id: SET key pending NX EX ttl GET tells new / done / in flight. */
-static enum claim claim_id(struct ingest *in, const char *key)
+/* What SET key pending NX GET said: nil = ours now, "done" = duplicate, else in flight. */
+static enum claim claim_result(const redisReply *r)
 {
-    char ttl[24];
-    snprintf(ttl, sizeof(ttl), "%lld", (long long)in->pending_ttl_s);
-    redisReply *r =
-        redis_cmd(thread_redis(in), "SET", key, "pending", "NX", "GET", "EX", ttl, (char *)NULL);
     if (!r)
         return CLAIM_DEGRADED;
-    enum claim c = CLAIM_DEGRADED;
     if (r->type == REDIS_REPLY_NIL)
-        c = CLAIM_NEW;
-    else if (r->type == REDIS_REPLY_STRING)
-        c = strcmp(r->str, "done") == 0 ? CLAIM_DONE : CLAIM_PENDING;
-    else if (r->type == REDIS_REPLY_ERROR)
+        return CLAIM_NEW;
+    if (r->type == REDIS_REPLY_STRING)
+        return strcmp(r->str, "done") == 0 ? CLAIM_DONE : CLAIM_PENDING;
+    if (r->type == REDIS_REPLY_ERROR)
         LOG_WARN("dedupe claim failed: %s", r->str);
-    freeReplyObject(r);
-    return c;
+    return CLAIM_DEGRADED;
 }
 
-static void finalize_enqueue(struct ingest *in, const char *key, bool accepted)
+static void finalize_enqueue(struct ingest *in, const char *key, enum finalize_kind kind)
 {
     struct finalize_op *op = xmalloc(sizeof(*op));
     op->next = NULL;
-    op->accepted = accepted;
+    op->kind = kind;
     str_copy(op->key, key, sizeof(op->key));
     pthread_mutex_lock(&in->fin_lock);
     if (in->fin_tail)
@@ -205,7 +247,9 @@ static void finalize_enqueue(struct ingest *in, const char *key, bool accepted)
     else
         in->fin_head = op;
     in->fin_tail = op;
-    pthread_cond_signal(&in->fin_cond);
+    /* A busy finalizer finds the op on its next pass: no wake-up per delivery. */
+    if (in->fin_waiting)
+        pthread_cond_signal(&in->fin_cond);
     pthread_mutex_unlock(&in->fin_lock);
 }
 
@@ -219,7 +263,7 @@ static void finalize_batch(struct ingest *in, struct finalize_op *ops)
     snprintf(ttl, sizeof(ttl), "%lld", (long long)in->dedupe_ttl_s);
     for (struct finalize_op *op = ops; op; op = op->next) {
         const char **a = argv[n];
-        if (op->accepted) {
+        if (op->kind == FINALIZE_DONE) {
             a[0] = "SET", a[1] = op->key, a[2] = "done", a[3] = "EX", a[4] = ttl;
             cmds[n] = (struct redis_cmd){5, a, NULL};
         } else {
@@ -243,8 +287,23 @@ static void *finalizer_main(void *arg)
     struct ingest *in = arg;
     pthread_mutex_lock(&in->fin_lock);
     for (;;) {
-        while (!in->fin_head && !in->fin_stop)
-            pthread_cond_wait(&in->fin_cond, &in->fin_lock);
+        while (!in->fin_head && !in->fin_stop) {
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_nsec += 100 * 1000000L;
+            if (ts.tv_nsec >= 1000000000L) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000L;
+            }
+            in->fin_waiting = true;
+            int rc = pthread_cond_timedwait(&in->fin_cond, &in->fin_lock, &ts);
+            in->fin_waiting = false;
+            if (rc != 0) {
+                pthread_mutex_unlock(&in->fin_lock);
+                reap_overdue(in);
+                pthread_mutex_lock(&in->fin_lock);
+            }
+        }
         if (!in->fin_head && in->fin_stop)
             break;
         struct finalize_op *head = in->fin_head, *tail = head;
@@ -259,6 +318,7 @@ static void *finalizer_main(void *arg)
         tail->next = NULL;
         pthread_mutex_unlock(&in->fin_lock);
         finalize_batch(in, head);
+        reap_overdue(in);
         while (head) {
             struct finalize_op *next = head->next;
             free(head);
@@ -271,6 +331,30 @@ static void *finalizer_main(void *arg)
 }
 
 /* ---- registry watcher ---- */
+
+/*
+ * The watcher starts at the end of robot.registry.v1, so a change made before
+ * its partitions were assigned would be missed: reload every source then.
+ * Runs on the watcher thread (from kafka_consumer_poll).
+ */
+static void on_watch_rebalance(void *ud, bool assigned, bool lost,
+                               const struct kafka_partition *parts, size_t nparts)
+{
+    (void)lost;
+    (void)parts;
+    struct ingest *in = ud;
+    if (!assigned || nparts == 0)
+        return;
+    if (source_cache_refresh(in->sources) != 0)
+        LOG_WARN("cannot reload vendor sources after joining %s", TOPIC_ROBOT_REGISTRY);
+    atomic_store(&in->watch_assigned, true);
+}
+
+static bool check_sources_followed(void *ud)
+{
+    struct ingest *in = ud;
+    return atomic_load(&in->watch_assigned);
+}
 
 static void *watch_main(void *arg)
 {
@@ -314,6 +398,7 @@ static int start_watch(struct ingest *in, char *errbuf, size_t errsize)
                                    errbuf, errsize);
     if (!in->watch)
         return -EINVAL;
+    kafka_consumer_on_rebalance(in->watch, on_watch_rebalance, in);
     const char *topics[] = {TOPIC_ROBOT_REGISTRY};
     int rc = kafka_consumer_subscribe(in->watch, topics, 1);
     if (rc) {
@@ -338,16 +423,90 @@ static void respond_problem(struct ingest *in, struct http_request *req, const c
     http_respond_problem(req, status, field, "%s", detail);
 }
 
-/* Called by the last delivery report of a request (on the producer's thread). */
-static void pending_complete(struct pending *p)
+static void pending_unref(struct pending *p)
+{
+    if (atomic_fetch_sub(&p->refs, 1) == 1) {
+        free(p->ids_json);
+        free(p);
+    }
+}
+
+/* Takes the request off the awaiting-answer list (if still there) and drops the list's ref. */
+static void pending_unlink(struct pending *p)
+{
+    struct ingest *in = p->in;
+    bool was = false;
+    pthread_mutex_lock(&in->list_lock);
+    if (p->linked) {
+        if (p->lprev)
+            p->lprev->lnext = p->lnext;
+        else
+            in->list_head = p->lnext;
+        if (p->lnext)
+            p->lnext->lprev = p->lprev;
+        else
+            in->list_tail = p->lprev;
+        p->linked = false;
+        was = true;
+    }
+    pthread_mutex_unlock(&in->list_lock);
+    if (was)
+        pending_unref(p);
+}
+
+static void pending_link(struct pending *p)
+{
+    struct ingest *in = p->in;
+    p->deadline_ms = time_mono_ms() + atomic_load(&in->ack_timeout_ms);
+    atomic_store(&p->refs, 1);
+    pthread_mutex_lock(&in->list_lock);
+    p->lprev = in->list_tail;
+    p->lnext = NULL;
+    if (in->list_tail)
+        in->list_tail->lnext = p;
+    else
+        in->list_head = p;
+    in->list_tail = p;
+    p->linked = true;
+    pthread_mutex_unlock(&in->list_lock);
+}
+
+/* Answers 503 once (the answered flag decides between racing threads); true if it did. */
+static bool answer_unavailable(struct pending *p, const char *why)
+{
+    struct ingest *in = p->in;
+    if (atomic_exchange(&p->answered, true))
+        return false;
+    char retry[24];
+    snprintf(retry, sizeof(retry), "%lld", (long long)atomic_load(&in->retry_after_s));
+    count2(in->m_requests, p->source, "unavailable");
+    http_response_header(p->req, "Retry-After", retry);
+    http_respond_problem(p->req, 503, NULL, "%s; nothing was accepted, retry after %s s", why,
+                         retry);
+    atomic_fetch_sub(&in->inflight, 1);
+    return true;
+}
+
+/*
+ * The last delivery report of a request (on the producer's thread). If the
+ * deadline already answered 503, the events may still have landed: then the
+ * id is marked done so the sender's retry is a duplicate, not a second copy.
+ */
+static void pending_delivered(struct pending *p)
 {
     struct ingest *in = p->in;
     bool ok = atomic_load(&p->failed) == 0;
     double secs = (double)(time_mono_ms() - p->started_ms) / 1000.0;
     metric_observe(in->m_produce, secs);
-    if (p->has_dedupe)
-        finalize_enqueue(in, p->dedupe_key, ok);
-    if (ok) {
+    if (p->has_dedupe) {
+        if (ok)
+            finalize_enqueue(in, p->dedupe_key, FINALIZE_DONE);
+        else if (atomic_load(&p->uncertain) == 0)
+            finalize_enqueue(in, p->dedupe_key, FINALIZE_RELEASE);
+        /* else: maybe stored, maybe not; the pending claim expires and a retry is accepted
+         * then (consumers dedupe by the CloudEvent id, which the retry repeats) */
+    }
+    if (ok && !atomic_exchange(&p->answered, true)) {
         struct buf b;
         buf_init(&b, (size_t)EVENT_MAX_BYTES);
         buf_appendf(&b, "{\"accepted\":%zu,\"ids\":%s}", p->nevents, p->ids_json);
@@ -356,19 +515,12 @@ static void pending_complete(struct pending *p)
         count1(in->m_events, p->source, (double)p->nevents);
         count2(in->m_requests, p->source, "accepted");
         http_respond(p->req, 202, "application/json", body, len);
-    } else {
-        char retry[24];
-        snprintf(retry, sizeof(retry), "%lld", (long long)atomic_load(&in->retry_after_s));
-        count2(in->m_requests, p->source, "unavailable");
-        http_response_header(p->req, "Retry-After", retry);
-        http_respond_problem(p->req, 503, NULL,
-                             "kafka did not acknowledge the events; nothing was accepted, retry "
-                             "after %s s",
-                             retry);
+        atomic_fetch_sub(&in->inflight, 1);
+    } else if (!ok) {
+        answer_unavailable(p, "kafka did not acknowledge the events");
     }
-    atomic_fetch_sub(&in->inflight, 1);
-    free(p->ids_json);
-    free(p);
+    pending_unlink(p);
+    pending_unref(p);
 }
 
 void ingest_on_delivery(void *opaque, int err, const char *errstr, int32_t partition,
@@ -380,12 +532,33 @@ void ingest_on_delivery(void *opaque, int err, const char *errstr, int32_t parti
     if (!p)
         return;
     if (err) {
+        if (err != KAFKA_ERR_NOT_PERSISTED)
+            atomic_fetch_add(&p->uncertain, 1);
         if (atomic_fetch_add(&p->failed, 1) == 0)
             LOG_WARN("kafka delivery failed for a webhook from source '%s': %s", p->source,
                      errstr ? errstr : "unknown error");
     }
     if (atomic_fetch_sub(&p->remaining, 1) == 1)
-        pending_complete(p);
+        pending_delivered(p);
+}
+
+/* Answers 503 to every request whose deadline passed; its events stay queued. */
+static void reap_overdue(struct ingest *in)
+{
+    int64_t now = time_mono_ms();
+    for (;;) {
+        pthread_mutex_lock(&in->list_lock);
+        struct pending *p = in->list_head;
+        if (!p || p->deadline_ms > now) {
+            pthread_mutex_unlock(&in->list_lock);
+            return;
+        }
+        atomic_fetch_add(&p->refs, 1); /* keep it while answering outside the lock */
+        pthread_mutex_unlock(&in->list_lock);
+        answer_unavailable(p, "kafka has not acknowledged the events in time");
+        pending_unlink(p);
+        pending_unref(p);
+    }
 }
 
 /* Builds the CloudEvent for one event and queues it; 0 or negative. */
@@ -414,6 +587,141 @@ static int produce_event(struct ingest *in, struct pending *p, const struct even
     }
     buf_release(&b);
     return rc;
+}
+
+/* Drops what a request holds once its events are queued or it was answered early. */
+static void pending_release_batch(struct pending *p)
+{
+    for (size_t i = 0; p->ids && i < p->nevents; i++)
+        free(p->ids[i]);
+    free(p->ids);
+    p->ids = NULL;
+    event_batch_release(&p->batch);
+}
+
+/* Answers a request that produced nothing (duplicate, in progress) and frees it. */
+static void pending_finish_early(struct pending *p)
+{
+    atomic_store(&p->answered, true);
+    atomic_fetch_sub(&p->in->inflight, 1);
+    pending_release_batch(p);
+    pending_unlink(p);
+}
+
+/* Queues every event of the request; the last delivery report answers it. */
+static void produce_pending(struct pending *p)
+{
+    struct ingest *in = p->in;
+    size_t n = p->nevents;
+    atomic_fetch_add(&p->refs, 1); /* dropped by pending_delivered */
+    /* One extra count held while queueing, so no delivery completes the request early. */
+    atomic_store(&p->remaining, (int)n + 1);
+    for (size_t i = 0; i < n; i++) {
+        if (produce_event(in, p, &p->batch.events[i], p->ids[i], p->received_at, p->traceparent) !=
+            0) {
+            if (atomic_fetch_add(&p->failed, 1) == 0)
+                LOG_WARN("cannot queue events for kafka (source '%s')", p->source);
+            atomic_fetch_sub(&p->remaining, (int)(n - i));
+            break;
+        }
+    }
+    pending_release_batch(p);
+    if (atomic_fetch_sub(&p->remaining, 1) == 1)
+        pending_delivered(p);
+}
+
+static void claim_enqueue(struct ingest *in, struct pending *p)
+{
+    pthread_mutex_lock(&in->claim_lock);
+    p->next = NULL;
+    if (in->claim_tail)
+        in->claim_tail->next = p;
+    else
+        in->claim_head = p;
+    in->claim_tail = p;
+    if (in->claim_waiting)
+        pthread_cond_signal(&in->claim_cond);
+    pthread_mutex_unlock(&in->claim_lock);
+}
+
+/* Claims a batch of webhook ids in one pipelined round trip, then acts on each. */
+static void claim_batch(struct ingest *in, struct pending *head)
+{
+    struct redis_cmd cmds[CLAIM_BATCH];
+    const char *argv[CLAIM_BATCH][8];
+    redisReply *replies[CLAIM_BATCH] = {0};
+    struct pending *ps[CLAIM_BATCH];
+    char ttl[24];
+    size_t n = 0;
+    snprintf(ttl, sizeof(ttl), "%lld", (long long)in->pending_ttl_s);
+    for (struct pending *p = head; p; p = p->next) {
+        const char **a = argv[n];
+        a[0] = "SET", a[1] = p->dedupe_key, a[2] = "pending", a[3] = "NX", a[4] = "GET",
+        a[5] = "EX", a[6] = ttl;
+        cmds[n] = (struct redis_cmd){7, a, NULL};
+        ps[n++] = p;
+    }
+    int rc = redis_pipeline(in->claim_redis, n, cmds, replies);
+    for (size_t i = 0; i < n; i++) {
+        struct pending *p = ps[i];
+        enum claim c = rc == 0 ? claim_result(replies[i]) : CLAIM_DEGRADED;
+        if (replies[i])
+            freeReplyObject(replies[i]);
+        switch (c) {
+        case CLAIM_NEW:
+            p->has_dedupe = true;
+            produce_pending(p);
+            break;
+        case CLAIM_DEGRADED:
+            /* Redis never costs a webhook: accept without dedupe, consumers dedupe by id. */
+            metric_add(in->m_degraded, 1);
+            produce_pending(p);
+            break;
+        case CLAIM_DONE:
+            count1(in->m_duplicates, p->source, 1);
+            count2(in->m_requests, p->source, "duplicate");
+            http_respond(p->req, 200, "application/json", xstrdup("{\"duplicate\":true}"), 18);
+            pending_finish_early(p);
+            break;
+        case CLAIM_PENDING:
+            count2(in->m_requests, p->source, "in_progress");
+            http_response_header(p->req, "Retry-After", "1");
+            http_respond_problem(p->req, 409, "webhook-id",
+                                 "a webhook with this id is being processed; retry shortly");
+            pending_finish_early(p);
+            break;
+        }
+    }
+}
+
+static void *claim_main(void *arg)
+{
+    struct ingest *in = arg;
+    pthread_mutex_lock(&in->claim_lock);
+    for (;;) {
+        while (!in->claim_head && !in->claim_stop) {
+            in->claim_waiting = true;
+            pthread_cond_wait(&in->claim_cond, &in->claim_lock);
+            in->claim_waiting = false;
+        }
+        if (!in->claim_head)
+            break;
+        struct pending *head = in->claim_head, *tail = head;
+        size_t n = 1;
+        while (tail->next && n < CLAIM_BATCH) {
+            tail = tail->next;
+            n++;
+        }
+        in->claim_head = tail->next;
+        if (!in->claim_head)
+            in->claim_tail = NULL;
+        tail->next = NULL;
+        pthread_mutex_unlock(&in->claim_lock);
+        claim_batch(in, head);
+        pthread_mutex_lock(&in->claim_lock);
+    }
+    pthread_mutex_unlock(&in->claim_lock);
+    return NULL;
 }
 
 struct verify_ctx {
@@ -518,83 +826,47 @@ static void handle_webhook(struct http_request *req, void *ud)
     struct pending *p = xcalloc(1, sizeof(*p));
     p->in = in;
     p->req = req;
+    p->batch = batch;
     p->nevents = batch.n;
     p->started_ms = time_mono_ms();
     str_copy(p->source, source, sizeof(p->source));
-
-    const char *did = dedupe_id(req, &batch);
-    if (did && strlen(did) <= DEDUPE_ID_MAX) {
-        snprintf(p->dedupe_key, sizeof(p->dedupe_key), "dedupe:%s:%s", source, did);
-        switch (claim_id(in, p->dedupe_key)) {
-        case CLAIM_NEW:
-            p->has_dedupe = true;
-            break;
-        case CLAIM_DONE:
-            count1(in->m_duplicates, source, 1);
-            count2(in->m_requests, source, "duplicate");
-            http_respond(req, 200, "application/json", xstrdup("{\"duplicate\":true}"), 18);
-            goto out_free;
-        case CLAIM_PENDING:
-            count2(in->m_requests, source, "in_progress");
-            http_response_header(req, "Retry-After", "1");
-            http_respond_problem(req, 409, "webhook-id",
-                                 "a webhook with this id is being processed; retry shortly");
-            goto out_free;
-        case CLAIM_DEGRADED:
-            metric_add(in->m_degraded, 1);
-            break;
-        }
-    }
-
-    char traceparent[TRACE_PARENT_LEN], received_at[TIME_RFC3339_LEN];
-    trace_parent_child(http_request_header(req, "traceparent"), traceparent);
-    time_format_rfc3339(now, received_at, sizeof(received_at));
+    trace_parent_child(http_request_header(req, "traceparent"), p->traceparent);
+    time_format_rfc3339(now, p->received_at, sizeof(p->received_at));
 
     /* Event ids are stable across the sender's retries so consumers can dedupe. */
-    char **ids = xcalloc(batch.n, sizeof(*ids));
+    const char *did = dedupe_id(req, &p->batch);
+    if (did && strlen(did) > DEDUPE_ID_MAX)
+        did = NULL;
+    p->ids = xcalloc(p->nevents, sizeof(*p->ids));
     struct buf idj;
     buf_init(&idj, EVENT_MAX_BYTES);
     buf_append_str(&idj, "[");
-    for (size_t i = 0; i < batch.n; i++) {
-        if (batch.events[i].id) {
-            ids[i] = xstrdup(batch.events[i].id);
-        } else if (did && strlen(did) <= DEDUPE_ID_MAX) {
-            ids[i] = xasprintf("%s-%zu", did, i);
+    for (size_t i = 0; i < p->nevents; i++) {
+        if (p->batch.events[i].id) {
+            p->ids[i] = xstrdup(p->batch.events[i].id);
+        } else if (did) {
+            p->ids[i] = xasprintf("%s-%zu", did, i);
         } else {
             char u[CRYPTO_UUID_LEN];
             crypto_uuid_v7(u);
-            ids[i] = xstrdup(u);
+            p->ids[i] = xstrdup(u);
         }
         buf_append_str(&idj, i ? ",\"" : "\"");
-        buf_append_json_str(&idj, ids[i]);
+        buf_append_json_str(&idj, p->ids[i]);
         buf_append_str(&idj, "\"");
     }
     buf_append_str(&idj, "]");
     p->ids_json = buf_detach(&idj, NULL);
 
     atomic_fetch_add(&in->inflight, 1);
+    pending_link(p);
     http_request_suspend(req);
-    /* One extra count held while queueing, so no delivery completes the request early. */
-    atomic_store(&p->remaining, (int)batch.n + 1);
-    for (size_t i = 0; i < batch.n; i++) {
-        if (produce_event(in, p, &batch.events[i], ids[i], received_at, traceparent) != 0) {
-            if (atomic_fetch_add(&p->failed, 1) == 0)
-                LOG_WARN("cannot queue events for kafka (source '%s')", source);
-            atomic_fetch_sub(&p->remaining, (int)(batch.n - i));
-            break;
-        }
+    if (did) {
+        snprintf(p->dedupe_key, sizeof(p->dedupe_key), "dedupe:%s:%s", source, did);
+        claim_enqueue(in, p);
+    } else {
+        produce_pending(p);
     }
-    for (size_t i = 0; i < batch.n; i++)
-        free(ids[i]);
-    free(ids);
-    event_batch_release(&batch);
-    if (atomic_fetch_sub(&p->remaining, 1) == 1)
-        pending_complete(p);
-    return;
-
-out_free:
-    event_batch_release(&batch);
-    free(p);
 }
 
 int ingest_register_routes(struct ingest *in)
@@ -605,13 +877,26 @@ int ingest_register_routes(struct ingest *in)
 
 /* ---- lifecycle ---- */
 
+/* config-center changed a reloadable key: new requests use the new limits. */
+static void ingest_reload(void *ud, const struct cfg *old_cfg, const struct cfg *new_cfg)
+{
+    (void)old_cfg;
+    struct ingest *in = ud;
+    atomic_store(&in->tolerance_s, cfg_get_int(new_cfg, "ingest.signature_tolerance_s"));
+    atomic_store(&in->max_batch, cfg_get_int(new_cfg, "ingest.max_batch"));
+    atomic_store(&in->retry_after_s, cfg_get_int(new_cfg, "ingest.retry_after_s"));
+    atomic_store(&in->ack_timeout_ms, cfg_get_int(new_cfg, "ingest.ack_timeout_ms"));
+}
+
 struct ingest *ingest_new(struct service *svc, char *errbuf, size_t errsize)
 {
     const struct cfg *c = service_cfg(svc);
     struct ingest *in = xcalloc(1, sizeof(*in));
     in->svc = svc;
     in->producer = service_producer(svc);
-    pthread_mutex_init(&in->redis_lock, NULL);
+    pthread_mutex_init(&in->list_lock, NULL);
+    pthread_mutex_init(&in->claim_lock, NULL);
+    pthread_cond_init(&in->claim_cond, NULL);
     pthread_mutex_init(&in->fin_lock, NULL);
     pthread_cond_init(&in->fin_cond, NULL);
     atomic_init(&in->tolerance_s, cfg_get_int(c, "ingest.signature_tolerance_s"));
@@ -620,7 +905,16 @@ struct ingest *ingest_new(struct service *svc, char *errbuf, size_t errsize)
     in->dedupe_ttl_s = cfg_get_int(c, "ingest.dedupe_ttl_s");
     in->pending_ttl_s = cfg_get_int(c, "ingest.pending_ttl_s");
     in->refresh_s = cfg_get_int(c, "ingest.sources_refresh_s");
+    atomic_init(&in->ack_timeout_ms, cfg_get_int(c, "ingest.ack_timeout_ms"));
 
+    int64_t mto = message_timeout_ms(svc);
+    if (mto <= 0 || mto >= in->pending_ttl_s * 1000) {
+        snprintf(errbuf, errsize,
+                 "kafka.properties message.timeout.ms (%lld) must be below ingest.pending_ttl_s "
+                 "(%lld s), or a retried webhook could be produced twice",
+                 (long long)mto, (long long)in->pending_ttl_s);
+        goto out_free;
+    }
     in->keyring = keyring_from_env("SECRETS_KEY", errbuf, errsize);
     if (!in->keyring)
         goto out_free;
@@ -632,6 +926,9 @@ struct ingest *ingest_new(struct service *svc, char *errbuf, size_t errsize)
         .backoff_max_ms = 2000,
     };
     in->shared_redis = service_redis(svc);
+    in->claim_redis = redis_new(&in->dedupe_opts, errbuf, errsize);
+    if (!in->claim_redis)
+        goto out_free;
     in->sources = source_cache_new(in->shared_redis, in->keyring,
                                    (int)cfg_get_int(c, "ingest.unknown_source_ttl_ms"));
     if (source_cache_refresh(in->sources) != 0)
@@ -666,8 +963,18 @@ struct ingest *ingest_new(struct service *svc, char *errbuf, size_t errsize)
         goto out_free;
     }
     in->fin_started = true;
+    if (pthread_create(&in->claim_thread, NULL, claim_main, in) != 0) {
+        snprintf(errbuf, errsize, "cannot start the dedupe claim thread");
+        goto out_free;
+    }
+    in->claim_started = true;
     if (start_watch(in, errbuf, errsize) != 0)
         goto out_free;
+    health_add_check(service_health(svc), "sources", check_sources_followed, in);
+    if (service_on_reload(svc, ingest_reload, in) != 0) {
+        snprintf(errbuf, errsize, "cannot register the config reload callback");
+        goto out_free;
+    }
     return in;
 
 out_free:
@@ -694,6 +1001,15 @@ void ingest_stop(void *ud)
         pthread_join(in->watch_thread, NULL);
         in->watch_started = false;
     }
+    if (in->claim_started) {
+        /* HTTP has drained, so nothing is queued; the flag ends the wait. */
+        pthread_mutex_lock(&in->claim_lock);
+        in->claim_stop = true;
+        pthread_cond_signal(&in->claim_cond);
+        pthread_mutex_unlock(&in->claim_lock);
+        pthread_join(in->claim_thread, NULL);
+        in->claim_started = false;
+    }
     if (in->fin_started) {
         pthread_mutex_lock(&in->fin_lock);
         in->fin_stop = true;
@@ -709,8 +1025,7 @@ void ingest_free(struct ingest *in)
     if (!in)
         return;
     kafka_consumer_free(in->watch);
-    for (size_t i = 0; i < in->nthread_redis; i++)
-        redis_free(in->thread_redis[i]);
+    redis_free(in->claim_redis);
     while (in->fin_head) {
         struct finalize_op *next = in->fin_head->next;
         free(in->fin_head);
@@ -720,6 +1035,8 @@ void ingest_free(struct ingest *in)
     keyring_free(in->keyring);
     pthread_cond_destroy(&in->fin_cond);
     pthread_mutex_destroy(&in->fin_lock);
-    pthread_mutex_destroy(&in->redis_lock);
+    pthread_cond_destroy(&in->claim_cond);
+    pthread_mutex_destroy(&in->claim_lock);
+    pthread_mutex_destroy(&in->list_lock);
     free(in);
 }

@@ -11,12 +11,16 @@
 #include <stdint.h>
 
 #include "config.h"
+#include "kafka.h"
 
 struct ingest;
 struct service;
 
 extern const struct cfg_key ingest_config_keys[];
 extern const size_t ingest_config_nkeys;
+/* Producer settings for webhooks (kafka.properties may override them). */
+extern const struct kafka_prop ingest_producer_defaults[];
+extern const size_t ingest_producer_ndefaults;
 
 /* Reads its settings and SECRETS_KEY, registers metrics, starts helpers. NULL + errbuf on failure.
  */

@@ -12,17 +12,18 @@
 
 int main(int argc, char **argv)
 {
-    /* message.timeout.ms bounds how long a webhook waits before it gets 503. */
     static const struct service_def def = {
         .name = "webhook-ingest",
         .default_port = 8081,
         .keys = ingest_config_keys,
         .on_delivery = ingest_on_delivery,
+        .producer_defaults = ingest_producer_defaults,
     };
     char err[256];
     struct ingest *in = NULL;
     struct service_def d = def;
     d.nkeys = ingest_config_nkeys;
+    d.nproducer_defaults = ingest_producer_ndefaults;
 
     struct service *s = service_new(&d, argc, argv);
     if (!s)

@@ -140,6 +140,7 @@ class ServiceProcess:
 def infra(tmp_path_factory):
     """REDIS_URL and KAFKA_BOOTSTRAP_SERVERS of a running Redis and Apache Kafka."""
     os.environ.setdefault("SECRETS_KEY", base64.b64encode(os.urandom(32)).decode())
+    os.environ.setdefault("CONFIG_CACHE_DIR", str(tmp_path_factory.mktemp("config-cache")))
     if os.environ.get("REDIS_URL") and os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
         yield {"REDIS_URL": os.environ["REDIS_URL"],
                "KAFKA_BOOTSTRAP_SERVERS": os.environ["KAFKA_BOOTSTRAP_SERVERS"]}

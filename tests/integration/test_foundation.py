@@ -31,7 +31,9 @@ def test_service_lifecycle(service, name):
     assert status == 200 and json.loads(body)["status"] == "ok"
     status, doc = svc.readyz()
     assert status == 200
-    assert doc["checks"] == {"config": True, "redis": True, "kafka": True, "topics": True}
+    # the runtime's four checks, plus any a service adds for its own dependencies
+    assert {"config", "redis", "kafka", "topics"} <= doc["checks"].keys()
+    assert all(doc["checks"].values()), doc
 
     status, headers, body = svc.get("/metrics")
     assert status == 200
@@ -213,3 +215,24 @@ def test_every_openapi_path_is_routed(service, name):
         allowed = {m.strip() for m in headers["Allow"].split(",")} - {"HEAD"}
         assert allowed == documented, f"{name} {path}: Allow {allowed} vs OpenAPI {documented}"
     assert svc.stop() == 0
+
+
+def test_gateway_identity_required_when_configured(service):
+    token = "gw-" + "k" * 29
+    svc = service("config-center", env={"GATEWAY_REQUIRE_IDENTITY": "true",
+                                        "GATEWAY_TOKEN": token}).wait_ready()
+    status, headers, body = svc.get("/v1/namespaces")
+    assert status == 401
+    assert json.loads(body)["field"] == "X-Gateway-Token"
+    assert svc.get("/v1/namespaces", headers={"X-Gateway-Token": token[:-1] + "x"})[0] == 401
+    assert svc.get("/v1/namespaces", headers={"X-Gateway-Token": token})[0] == 200
+    for path in ("/healthz", "/readyz", "/metrics"):
+        assert svc.get(path)[0] == 200, path
+    assert svc.stop() == 0
+
+
+def test_gateway_identity_needs_a_real_token(service):
+    svc = service("robot-registry", env={"GATEWAY_REQUIRE_IDENTITY": "true",
+                                         "GATEWAY_TOKEN": "short"})
+    assert svc.proc.wait(60) != 0
+    assert "gateway.token" in svc.output()

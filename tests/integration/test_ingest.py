@@ -459,3 +459,13 @@ def test_broker_down_gives_503_and_retries_land_exactly_once(service, infra, pri
     dupes = len(ours) - len(set(ours))
     assert dupes == 0, f"{dupes} events landed twice"
     assert svc.stop() == 0
+
+
+def test_message_timeout_must_end_before_the_pending_claim(service, tmp_path):
+    cfg = tmp_path / "ingest.yaml"
+    cfg.write_text((ROOT / "services/webhook-ingest/webhook-ingest.yaml").read_text()
+                   .replace("  properties: {}", "  properties: {message.timeout.ms: 90000}"))
+    svc = service("webhook-ingest", config=cfg)
+    assert svc.proc.wait(30) == 2
+    out = svc.output()
+    assert "message.timeout.ms" in out and "ingest.pending_ttl_s" in out

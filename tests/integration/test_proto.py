@@ -236,10 +236,23 @@ def test_openapi_document(path):
 # to its OpenAPI file in the same change.
 SERVED = {
     "webhook-ingest": {"paths /v1/webhooks/{source} POST"},
-    "robot-registry": set(),
+    "robot-registry": {"paths /v1/robots GET", "paths /v1/robots/{id} GET", "paths /v1/robots/{id} PUT",
+                       "paths /v1/robots/{id} PATCH", "paths /v1/robots/{id} DELETE",
+                       "paths /v1/sources GET", "paths /v1/sources/{id} GET", "paths /v1/sources/{id} PUT",
+                       "paths /v1/sources/{id} DELETE", "paths /v1/sources/{id}/secrets:rotate POST",
+                       "paths /v1/sources/{id}/webhook-registration POST",
+                       "paths /v1/sources/{id}/webhook-registration DELETE",
+                       "paths /v1/sources/{id}/sync POST"},
     "reboot-command": set(),
-    "config-center": set(),
-    "stream-processor": set(),
+    "config-center": {"paths /v1/namespaces GET", "paths /v1/namespaces/{ns} GET",
+                      "paths /v1/namespaces/{ns}/draft PUT", "paths /v1/namespaces/{ns}/schema PUT",
+                      "paths /v1/namespaces/{ns}/releases POST",
+                      "paths /v1/namespaces/{ns}/releases GET",
+                      "paths /v1/namespaces/{ns}/releases/{v} GET",
+                      "paths /v1/namespaces/{ns}/rollback POST",
+                      "paths /v1/namespaces/{ns}/diff GET", "paths /v1/audit GET",
+                      "paths /v1/watch GET"},
+    "stream-processor": {"paths /v1/state/{robot_id} GET"},
 }
 
 

@@ -431,6 +431,61 @@ static void test_commit_resume_seek(void **state)
     kafka_producer_free(p, 1000);
 }
 
+/* A consumer that never subscribed reads partitions it assigns itself, from the
+ * beginning or from the end, and stops reading one it unassigns. */
+static void test_assign_unassign_watermark(void **state)
+{
+    char topic[128], group[128];
+    struct kafka_msg *m;
+    int64_t high = 0;
+    (void)state;
+
+    unique_name(topic, sizeof(topic), "t-assign");
+    unique_name(group, sizeof(group), "g-assign");
+    create_topic(topic, 2);
+    struct kafka_producer *p = producer(NULL, 0, NULL);
+    for (int32_t part = 0; part < 2; part++)
+        for (int i = 0; i < 3; i++)
+            assert_int_equal(kafka_producer_send(p, topic, part, NULL, 0, "x", 1, NULL, 0, NULL),
+                             0);
+    assert_int_equal(kafka_producer_flush(p, 10000), 0);
+
+    struct kafka_consumer *c = consumer(group, NULL, NULL, 0);
+    struct kafka_partition parts[] = {{topic, 0}, {topic, 1}};
+    int64_t from[] = {KAFKA_OFFSET_BEGINNING, KAFKA_OFFSET_END};
+    assert_int_equal(kafka_consumer_assign(c, parts, from, 2), 0);
+    for (int i = 0; i < 3; i++) {
+        m = next_msg(c, 15000);
+        assert_non_null(m);
+        assert_int_equal(kafka_msg_partition(m), 0);
+        assert_int_equal(kafka_msg_offset(m), i);
+        kafka_msg_free(m);
+    }
+    assert_int_equal(kafka_consumer_high_watermark(c, topic, 0, &high), 0);
+    assert_int_equal(high, 3);
+    /* Partition 1 started at its end: only what is produced now arrives. */
+    assert_int_equal(kafka_producer_send(p, topic, 1, NULL, 0, "y", 1, NULL, 0, NULL), 0);
+    assert_int_equal(kafka_producer_flush(p, 10000), 0);
+    m = next_msg(c, 15000);
+    assert_non_null(m);
+    assert_int_equal(kafka_msg_partition(m), 1);
+    assert_int_equal(kafka_msg_offset(m), 3);
+    kafka_msg_free(m);
+
+    /* Unassigned, partition 0 is not read any more. */
+    assert_int_equal(kafka_consumer_unassign(c, parts, 1), 0);
+    assert_int_equal(kafka_producer_send(p, topic, 0, NULL, 0, "z", 1, NULL, 0, NULL), 0);
+    assert_int_equal(kafka_producer_flush(p, 10000), 0);
+    assert_null(next_msg(c, 1500));
+
+    assert_int_equal(kafka_consumer_assign(NULL, parts, from, 1), -EINVAL);
+    assert_int_equal(kafka_consumer_assign(c, NULL, NULL, 1), -EINVAL);
+    assert_int_equal(kafka_consumer_assign(c, parts, NULL, 0), 0);
+    assert_int_equal(kafka_consumer_high_watermark(c, NULL, 0, &high), -EINVAL);
+    kafka_consumer_free(c);
+    kafka_producer_free(p, 1000);
+}
+
 /* ---- rebalance ---- */
 
 struct rebalance_log {
@@ -664,6 +719,48 @@ static void test_txn_send_offsets(void **state)
     kafka_consumer_free(reader);
 }
 
+/* Explicit positions go into the transaction as they are, not the consumer's. */
+static void test_txn_send_positions(void **state)
+{
+    char in[128], txn_id[128], group[128];
+    struct kafka_msg *m;
+    (void)state;
+
+    unique_name(in, sizeof(in), "t-pos");
+    unique_name(txn_id, sizeof(txn_id), "txn-pos");
+    unique_name(group, sizeof(group), "g-pos");
+    create_topic(in, 1);
+    struct kafka_producer *plain = producer(NULL, 0, NULL);
+    for (int i = 0; i < 8; i++)
+        send_str(plain, in, "v", NULL);
+    assert_int_equal(kafka_producer_flush(plain, 10000), 0);
+    kafka_producer_free(plain, 1000);
+
+    struct kafka_producer *tp = producer(NULL, 0, txn_id);
+    struct kafka_consumer *c = consumer(group, in, NULL, 0);
+    for (int i = 0; i < 8; i++) {
+        m = next_msg(c, 15000);
+        assert_non_null(m);
+        kafka_msg_free(m);
+    }
+    struct kafka_partition part = {in, 0};
+    int64_t next = 4, bad = -1;
+    assert_int_equal(kafka_txn_begin(tp), 0);
+    assert_int_equal(kafka_txn_send_positions(tp, c, &part, &bad, 1, 5000), -EINVAL);
+    assert_int_equal(kafka_txn_send_positions(tp, c, &part, NULL, 0, 5000), 0);
+    assert_int_equal(kafka_txn_send_positions(tp, c, &part, &next, 1, 10000), 0);
+    assert_int_equal(kafka_txn_commit(tp, 10000), 0);
+    kafka_consumer_free(c);
+    kafka_producer_free(tp, 1000);
+
+    c = consumer(group, in, NULL, 0);
+    m = next_msg(c, 15000);
+    assert_non_null(m);
+    assert_int_equal(kafka_msg_offset(m), 4);
+    kafka_msg_free(m);
+    kafka_consumer_free(c);
+}
+
 /* A second producer with the same transactional.id fences the first: fatal. */
 static void test_txn_fenced(void **state)
 {
@@ -718,7 +815,8 @@ static void test_dead_broker(void **state)
     while (!atomic_load(&d.done) && time_mono_ms() < deadline)
         time_sleep_ms(20);
     assert_int_equal(atomic_load(&d.done), 1);
-    assert_int_equal(d.err, KAFKA_ERR_TIMEOUT);
+    /* never sent anywhere: the broker certainly did not store it */
+    assert_int_equal(d.err, KAFKA_ERR_NOT_PERSISTED);
     assert_true(strlen(d.errstr) > 0);
     assert_int_equal(kafka_producer_outstanding(p), 0);
     kafka_producer_free(p, 0);
@@ -764,7 +862,8 @@ int main(void)
         cmocka_unit_test(test_rebalance_callback), cmocka_unit_test(test_consumer_error_message),
         cmocka_unit_test(test_txn_commit_abort),   cmocka_unit_test(test_txn_send_offsets),
         cmocka_unit_test(test_txn_fenced),         cmocka_unit_test(test_dead_broker),
-        cmocka_unit_test(test_queue_full),
+        cmocka_unit_test(test_queue_full),         cmocka_unit_test(test_assign_unassign_watermark),
+        cmocka_unit_test(test_txn_send_positions),
     };
     log_set_level(LOG_LEVEL_WARN);
     return cmocka_run_group_tests_name("kafka", tests, NULL, NULL);

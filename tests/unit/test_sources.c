@@ -191,6 +191,99 @@ static void test_ids_and_schemes(void **state)
     assert_int_equal(source_scheme_parse("md5", &s), -EINVAL);
 }
 
+static char *hget(const char *key, const char *field)
+{
+    redisReply *r = redis_cmd(rds, "HGET", key, field, (char *)NULL);
+    assert_non_null(r);
+    char *v = r->type == REDIS_REPLY_STRING ? strdup(r->str) : NULL;
+    freeReplyObject(r);
+    return v;
+}
+
+static void test_store_round_trip_and_version_check(void **state)
+{
+    (void)state;
+    char id[48], key[96];
+    snprintf(id, sizeof(id), "%s-store", prefix);
+    snprintf(key, sizeof(key), "source:%s", id);
+    del_source(id);
+    uint8_t k1[] = {1, 2, 3, 4}, k2[] = {'r', 'a', 'w'}, k3[] = {9, 9};
+    int64_t now = time_now_ms();
+    struct source_secret secs[] = {
+        {k1, sizeof(k1), 0},
+        {k2, sizeof(k2), now + 60000},
+        {k3, sizeof(k3), now - 1}, /* expired: dropped by the write */
+    };
+    struct source src = {.id = id,
+                         .base_url = "http://vendor.test",
+                         .scheme = SOURCE_SCHEME_GITHUB_SHA256,
+                         .api_token = "tok-secret-1",
+                         .secrets = secs,
+                         .nsecrets = 3};
+    struct source_store_opts o = {
+        .expected_version = 0, .updated_by = "alice", .webhook_id = "wh_1", .now_ms = now};
+    int64_t v = 0;
+    assert_int_equal(sources_store(rds, ring, &src, &o, &v), 0);
+    assert_int_equal(v, 1);
+    /* create-only again: the version no longer matches */
+    assert_int_equal(sources_store(rds, ring, &src, &o, &v), -ESTALE);
+    assert_int_equal(v, 1);
+
+    struct source *got = NULL;
+    assert_int_equal(sources_load(rds, ring, id, &got), 0);
+    assert_int_equal(got->version, 1);
+    assert_string_equal(got->api_token, "tok-secret-1");
+    assert_string_equal(got->base_url, "http://vendor.test");
+    assert_int_equal(got->scheme, SOURCE_SCHEME_GITHUB_SHA256);
+    assert_int_equal(got->nsecrets, 2);
+    assert_memory_equal(got->secrets[0].key, k1, sizeof(k1));
+    assert_int_equal(got->secrets[0].expires_at_ms, 0);
+    assert_memory_equal(got->secrets[1].key, k2, sizeof(k2));
+    assert_int_equal(got->secrets[1].expires_at_ms, now + 60000);
+
+    /* ciphertext at rest: neither the token nor a secret appears in Redis */
+    char *tok = hget(key, "api_token"), *sealed = hget(key, "webhook_secrets");
+    assert_non_null(strstr(tok, "v1:k1:"));
+    assert_null(strstr(tok, "tok-secret-1"));
+    char *text = source_secret_text(&secs[0]);
+    assert_string_equal(text, "whsec_AQIDBA==");
+    assert_null(strstr(sealed, text));
+    free(text);
+    free(tok);
+    free(sealed);
+    char *by = hget(key, "updated_by"), *wh = hget(key, "webhook_id");
+    assert_string_equal(by, "alice");
+    assert_string_equal(wh, "wh_1");
+    free(by);
+    free(wh);
+
+    /* an update with the right version: webhook id kept, then removed */
+    got->api_token[0] = 'T';
+    o.expected_version = 1;
+    o.webhook_id = NULL;
+    assert_int_equal(sources_store(rds, ring, got, &o, &v), 0);
+    assert_int_equal(v, 2);
+    wh = hget(key, "webhook_id");
+    assert_string_equal(wh, "wh_1");
+    free(wh);
+    o.expected_version = 2;
+    o.webhook_id = "";
+    assert_int_equal(sources_store(rds, ring, got, &o, &v), 0);
+    assert_null(hget(key, "webhook_id"));
+    source_free(got);
+    assert_int_equal(sources_load(rds, ring, id, &got), 0);
+    assert_string_equal(got->api_token, "Tok-secret-1");
+    assert_int_equal(got->version, 3);
+    source_free(got);
+
+    assert_int_equal(sources_delete(rds, id), 0);
+    assert_int_equal(sources_delete(rds, id), -ENOENT);
+    assert_int_equal(sources_load(rds, ring, id, &got), -ENOENT);
+    redisReply *m = redis_cmd(rds, "SISMEMBER", "sources", id, (char *)NULL);
+    assert_int_equal(m->integer, 0);
+    freeReplyObject(m);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -199,6 +292,7 @@ int main(void)
         cmocka_unit_test(test_load_refuses_corrupt_records),
         cmocka_unit_test(test_cache_negative_ttl_invalidate_and_refresh),
         cmocka_unit_test(test_ids_and_schemes),
+        cmocka_unit_test(test_store_round_trip_and_version_check),
     };
     return cmocka_run_group_tests_name("sources", tests, setup, teardown);
 }

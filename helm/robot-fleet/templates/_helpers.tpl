@@ -72,6 +72,9 @@ shutdown:
 - name: GATEWAY_TOKEN
   valueFrom:
     secretKeyRef: {name: {{ $.Values.secrets.name }}, key: {{ $.Values.secrets.gatewayTokenKey }}}
+# reached only through Kong: refuse requests that come around it
+- name: GATEWAY_REQUIRE_IDENTITY
+  value: "true"
 {{- end }}
 {{- if and $svc.callsVendor $.Values.secrets.vendorTokens.name }}
 {{- range $.Values.secrets.vendorTokens.keys }}

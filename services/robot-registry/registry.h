@@ -1,0 +1,127 @@
+/*
+ * robot-registry's business, shared by its files: the registry object (config,
+ * clients, metrics), publishing changes to robot.registry.v1 and answering the
+ * HTTP request only once Kafka acknowledged them, and a worker thread for the
+ * slow vendor calls (webhook registration, sync) so no HTTP thread waits on
+ * the vendor.
+ *
+ *   robots.c   robots: validation, Redis storage and indexes, the /v1/robots API
+ *   sources_api.c  vendor sources: the /v1/sources API, secrets, registration, sync
+ */
+#ifndef REGISTRY_H
+#define REGISTRY_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cjson/cJSON.h>
+
+#include "config.h"
+
+struct registry;
+struct service;
+struct http_request;
+struct redis;
+struct keyring;
+struct http_client;
+struct http_server;
+
+extern const struct cfg_key registry_config_keys[];
+extern const size_t registry_config_nkeys;
+
+/* Settings read once at start (see robot-registry.yaml). */
+struct registry_settings {
+    char public_ingest_url[512]; /* "{source}" is replaced by the source id */
+    char event_types[512];       /* comma-separated, sent to the vendor */
+    int64_t secret_grace_s;
+    int64_t default_page, max_page, list_scan_budget;
+    int64_t sync_page_size, sync_max_robots;
+};
+
+/* Reads settings and SECRETS_KEY, builds the vendor client, starts the worker. NULL + errbuf. */
+struct registry *registry_new(struct service *svc, char *errbuf, size_t errsize);
+/* Adds every /v1/robots and /v1/sources route. */
+int registry_register_routes(struct registry *reg);
+/* The shared producer's delivery callback (service_def.on_delivery). */
+void registry_on_delivery(void *opaque, int err, const char *errstr, int32_t partition,
+                          int64_t offset);
+/* After HTTP drained: finishes the queued vendor jobs and stops the worker. */
+void registry_stop(void *ud);
+void registry_free(struct registry *reg); /* NULL-safe */
+
+/* ---- for the business files ---- */
+
+const struct registry_settings *registry_settings(const struct registry *reg);
+const struct keyring *registry_keyring(const struct registry *reg);
+struct http_client *registry_vendor(struct registry *reg);
+struct http_server *registry_http(struct registry *reg);
+/* A Redis connection of the calling thread's own (falls back to the shared one). */
+struct redis *registry_redis(struct registry *reg);
+/* Counts a change produced: kind "robot"/"source", type "upserted", "deleted", ... */
+void registry_count_change(struct registry *reg, const char *kind, const char *type);
+void registry_count_vendor(struct registry *reg, const char *op, const char *outcome);
+void registry_count_sync(struct registry *reg, const char *result, double n);
+
+/* X-Consumer-Username (set by Kong), or "anonymous". */
+const char *registry_identity(struct http_request *req);
+/*
+ * Parses the request body as a JSON object; on failure answers 400 (or 415)
+ * and returns NULL. The caller deletes the result.
+ */
+cJSON *registry_body_object(struct http_request *req);
+
+/* One Kafka message of a change; value NULL is a tombstone. */
+struct registry_msg {
+    const char *key;
+    char *value; /* owned by the caller */
+    size_t len;
+};
+
+/*
+ * Builds a CloudEvent (type, subject, data) for robot.registry.v1; you free it.
+ * The event source is "/robot-registry".
+ */
+char *registry_event(const char *type, const char *subject, const cJSON *data, size_t *len);
+
+/*
+ * Produces msgs to robot.registry.v1 (key = msg key, header traceparent
+ * continuing the request's) and answers req only when Kafka acknowledged all
+ * of them: status with body (application/json, taken over, may be NULL for
+ * 204) and an ETag when etag is not NULL; 503 if Kafka refused them (the
+ * change is stored, the answer says so). Suspends req itself; callable from
+ * the HTTP thread or the worker.
+ */
+void registry_publish_and_respond(struct registry *reg, struct http_request *req,
+                                  const struct registry_msg *msgs, size_t n, unsigned status,
+                                  char *body, const char *etag);
+
+/*
+ * Produces msgs and waits (on the calling worker thread) until Kafka
+ * acknowledged them all: 0, or negative when one failed.
+ */
+int registry_publish_wait(struct registry *reg, const struct registry_msg *msgs, size_t n);
+
+/* Runs fn(reg, job) on the worker thread; req is suspended meanwhile. job is freed with free_fn. */
+typedef void (*registry_job_fn)(struct registry *reg, struct http_request *req, void *job);
+void registry_enqueue(struct registry *reg, struct http_request *req, registry_job_fn fn, void *job,
+                      void (*free_fn)(void *));
+
+/* ---- robots.c ---- */
+int robots_register_routes(struct registry *reg);
+
+struct robot_sync_counts {
+    size_t added, updated, unchanged, invalid;
+};
+/*
+ * Upserts one robot as reported by the vendor of source (vendor-owned fields
+ * replace ours, policy and maintenance window are kept) and publishes the
+ * change. Runs on the worker thread. 0 or negative (-EIO Redis, -EPIPE Kafka).
+ */
+int robots_sync_apply(struct registry *reg, const char *source, const cJSON *vendor_robots,
+                      const char *updated_by, struct robot_sync_counts *counts);
+
+/* ---- sources_api.c ---- */
+int sources_register_routes(struct registry *reg);
+
+#endif

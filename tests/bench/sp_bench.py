@@ -1,0 +1,158 @@
+"""stream-processor benchmark (scripts/bench.sh bench_stream).
+
+Fills robot.events.v1 with a heartbeat-heavy stream of BENCH_SP_EVENTS events
+for BENCH_ROBOTS robots (90% heartbeats, 5% status, 5% faults), measures the
+raw consume rate of the same topic with a plain librdkafka consumer (kcat) as
+the ceiling, then lets stream-processor (exactly-once transactions, changelog,
+state outputs, Redis mirror) process the whole topic and measures events/s,
+CPU, peak RSS and robots held. Prints one JSON line last.
+
+    python3 tests/bench/sp_bench.py BUILD WORKDIR
+"""
+
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+import urllib.request
+
+from confluent_kafka.admin import AdminClient, NewTopic
+
+BS = os.environ["KAFKA_BOOTSTRAP_SERVERS"]
+EVENTS = int(os.environ.get("BENCH_SP_EVENTS", "1000000"))
+ROBOTS = int(os.environ.get("BENCH_ROBOTS", "100000"))
+TOPIC = "robot.events.v1"
+CLK = os.sysconf("SC_CLK_TCK")
+
+
+def iso(ms):
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + ".%03dZ" % (ms % 1000)
+
+
+def create_topics():
+    a = AdminClient({"bootstrap.servers": BS})
+    compacted = {"robot.state.v1", "robot.registry.v1", "config.changes.v1",
+                 "stream-processor.changelog.v1"}
+    names = ["robot.events.v1", "robot.state.v1", "robot.commands.v1", "robot.command-status.v1",
+             "robot.registry.v1", "config.changes.v1", "stream-processor.changelog.v1",
+             "robot.events.dlq.v1"]
+    new = [NewTopic(n, 12, 1, config={"cleanup.policy": "compact"} if n in compacted else {})
+           for n in names]
+    for f in a.create_topics(new).values():
+        try:
+            f.result()
+        except Exception as e:  # already there
+            if "already exists" not in str(e):
+                raise
+
+
+def fill(workdir):
+    path = os.path.join(workdir, "sp-events.tsv")
+    rnd = random.Random(1)
+    base = int(time.time() * 1000) - EVENTS // 100
+    with open(path, "w") as f:
+        for i in range(EVENTS):
+            robot = "r-%06d" % rnd.randrange(ROBOTS)
+            x = rnd.random()
+            etype, inner = ("robot.heartbeat", {"battery": 0.8}) if x < 0.90 else \
+                ("robot.status", {"status": "idle"}) if x < 0.95 else ("robot.fault", {"code": "E1"})
+            at = iso(base + i // 100)
+            eid = "evt-%d" % i
+            data = {"type": etype, "robot_id": robot, "occurred_at": at, "id": eid, "data": inner,
+                    "source": "bench", "received_at": at}
+            ce = {"specversion": "1.0", "id": eid, "source": "/webhook-ingest/bench", "type": etype,
+                  "subject": robot, "time": at, "datacontenttype": "application/json", "data": data}
+            f.write(robot + "\t" + json.dumps(ce, separators=(",", ":")) + "\n")
+    subprocess.run(["kcat", "-P", "-b", BS, "-t", TOPIC, "-K", "\t", "-z", "none",
+                    "-X", "linger.ms=20", "-X", "batch.num.messages=10000", "-l", path], check=True)
+    os.unlink(path)
+
+
+def raw_rate():
+    t0 = time.monotonic()
+    out = subprocess.run(["kcat", "-C", "-b", BS, "-t", TOPIC, "-o", "beginning", "-e", "-q",
+                          "-f", "%o\n"], check=True, capture_output=True).stdout
+    dt = time.monotonic() - t0
+    n = out.count(b"\n")
+    return n, n / dt
+
+
+def cpu_ticks(pid):
+    s = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return int(s[11]) + int(s[12])
+
+
+def status_kb(pid, field):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def metrics(port):
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    ev, robots = 0.0, 0.0
+    for line in body.splitlines():
+        if line.startswith("stream_events_total{"):
+            ev += float(line.rsplit(" ", 1)[1])
+        elif line.startswith("stream_state_robots "):
+            robots = float(line.rsplit(" ", 1)[1])
+    return ev, robots
+
+
+def main():
+    build, workdir = sys.argv[1], sys.argv[2]
+    create_topics()
+    t = time.monotonic()
+    fill(workdir)
+    print(f"produced {EVENTS} events for {ROBOTS} robots in {time.monotonic() - t:.1f} s", flush=True)
+    n, raw = raw_rate()
+    print(f"raw consume (kcat, plain librdkafka consumer): {n} messages, {raw:.0f}/s", flush=True)
+
+    cfg = os.path.join(workdir, "sp-bench.yaml")
+    with open(cfg, "w") as f:
+        f.write("log:\n  level: warn\nkafka:\n  properties:\n    queued.max.messages.kbytes: 16384\n"
+                "stream:\n  offline_after_s: 3600\n  cycle_ms: 100\n  cycle_max_events: 10000\n"
+                "  mirror_heartbeat_s: 10\n")
+    port = int(os.environ["SP_PORT"])
+    env = dict(os.environ, HTTP_PORT=str(port), STREAM_GROUP_ID="sp-bench-%d" % os.getpid(),
+               STREAM_INSTANCE_ID="bench", CONFIG_CACHE_DIR=os.path.join(workdir, "sp-cache"))
+    log = open(os.path.join(workdir, "logs", "stream-processor.log"), "wb")
+    p = subprocess.Popen([os.path.join(build, "bin", "stream-processor"), "-c", cfg], env=env,
+                         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    t_first = c_first = None
+    deadline = time.monotonic() + 600
+    ev = robots = 0
+    while time.monotonic() < deadline and p.poll() is None:
+        try:
+            ev, robots = metrics(port)
+        except Exception:
+            time.sleep(0.1)
+            continue
+        now = time.monotonic()
+        if t_first is None and ev > 0:
+            t_first, c_first, ev_first = now, cpu_ticks(p.pid), ev
+        if ev >= EVENTS:
+            break
+        time.sleep(0.05)
+    t_end, c_end = time.monotonic(), cpu_ticks(p.pid)
+    hwm = status_kb(p.pid, "VmHWM") / 1024
+    p.terminate()
+    rc = p.wait(60)
+    log.close()
+    if t_first is None or ev < EVENTS:
+        print(json.dumps({"error": f"processed {ev} of {EVENTS}", "exit": rc}))
+        return 1
+    rate = (ev - ev_first) / (t_end - t_first)
+    cpu = (c_end - c_first) / CLK / (t_end - t_first)
+    print(json.dumps({"events_per_s": round(rate), "raw_per_s": round(raw),
+                      "ratio": round(rate / raw, 3), "cpu_cores": round(cpu, 2),
+                      "events_per_cpu_s": round(rate / cpu) if cpu else None,
+                      "rss_mib_peak": round(hwm, 1), "robots": int(robots), "exit": rc}))
+    return 0 if rc == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
