@@ -5,7 +5,8 @@
 #   docker build --target webhook-ingest -t robot-fleet/webhook-ingest:dev .
 #
 # Targets: webhook-ingest robot-registry reboot-command config-center
-# stream-processor (and `runtime`, the shared base, for mock-broker or tooling).
+# stream-processor robot-sim (the simulated vendor platform), and `runtime`, the
+# shared base, for mock-broker or tooling.
 # Everything runs as uid 10001 with exec-form commands: no shell is needed at
 # run time. The HEALTHCHECK uses curl (the only tool added beyond the runtime
 # libraries) against the service's own /healthz.
@@ -24,9 +25,11 @@ WORKDIR /src
 COPY Makefile ./
 COPY libcommon/ libcommon/
 COPY services/ services/
-# Only the five services and mock-broker (not `make services`, which also builds tools from tests/).
+COPY tests/sim/ tests/sim/
+# Only the five services, mock-broker and the robot simulator (not `make services`, which
+# also builds the other tools from tests/).
 RUN make -j"$(nproc)" build/bin/webhook-ingest build/bin/robot-registry build/bin/reboot-command \
-      build/bin/config-center build/bin/stream-processor build/bin/mock-broker \
+      build/bin/config-center build/bin/stream-processor build/bin/mock-broker build/bin/robot-sim \
  && strip --strip-debug build/bin/*
 
 # ---- runtime base -----------------------------------------------------------
@@ -90,3 +93,13 @@ HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
   CMD ["curl", "-fsS", "-o", "/dev/null", "--max-time", "2", "http://127.0.0.1:8085/healthz"]
 ENTRYPOINT ["/usr/local/bin/stream-processor"]
 CMD ["-c", "/etc/robot-fleet/stream-processor.yaml"]
+
+# The simulated robot vendor platform (tests/sim/): a demo fleet; the vendor API's bearer
+# token comes from SIM_API_TOKEN.
+FROM runtime AS robot-sim
+EXPOSE 8090
+HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
+  CMD ["curl", "-fsS", "-o", "/dev/null", "--max-time", "2", "http://127.0.0.1:8090/healthz"]
+ENTRYPOINT ["/usr/local/bin/robot-sim"]
+CMD ["--bind", "0.0.0.0", "--port", "8090", "--robots", "20", "--fleets", "2", \
+     "--silent", "7@10", "--storm", "b@40:20/10"]

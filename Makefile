@@ -31,13 +31,15 @@ LIB      := $(BUILD)/lib/libcommon.a
 
 svc_srcs  = $(wildcard services/$(1)/*.c)
 svc_objs  = $(patsubst %.c,$(BUILD)/obj/%.o,$(call svc_srcs,$(1)))
-BINS      := $(SERVICES:%=$(BUILD)/bin/%) $(BUILD)/bin/mock-broker $(BUILD)/bin/ingest-load
+SIM_OBJS  := $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard tests/sim/*.c))
+BINS      := $(SERVICES:%=$(BUILD)/bin/%) $(BUILD)/bin/mock-broker $(BUILD)/bin/ingest-load \
+             $(BUILD)/bin/robot-sim
 
 UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 
 ALL_OBJS := $(LIB_OBJS) $(foreach s,$(SERVICES),$(call svc_objs,$(s))) \
-            $(BUILD)/obj/libcommon/tools/mock_broker.o $(BUILD)/obj/tests/bench/ingest_load.o \
+            $(BUILD)/obj/libcommon/tools/mock_broker.o $(BUILD)/obj/tests/bench/ingest_load.o $(SIM_OBJS) \
             $(UNIT_SRCS:%.c=$(BUILD)/obj/%.o)
 
 .PHONY: all lib services tests asan check format deps deps-check run test unit integration bench clean fuzz fuzz-run fuzz-bins
@@ -68,6 +70,11 @@ $(BUILD)/bin/mock-broker: $(BUILD)/obj/libcommon/tools/mock_broker.o $(LIB)
 
 # the load generator behind `make bench` (scripts/bench.sh)
 $(BUILD)/bin/ingest-load: $(BUILD)/obj/tests/bench/ingest_load.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+# the simulated robot vendor platform (tests/sim/) behind tests and `make run`
+$(BUILD)/bin/robot-sim: $(SIM_OBJS) $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 

@@ -6,7 +6,7 @@
 # not run properly (a process failed to start, the load generator saw fewer
 # than 99% of 202s, or a service did not exit 0 on SIGTERM).
 #
-#   scripts/bench.sh [name...]      names: ingest config registry (default: all)
+#   scripts/bench.sh [name...]      names: ingest config registry stream reboot (default: all)
 #
 # Environment: BUILD (default build), BENCH_DURATION (15), BENCH_WARMUP (3),
 # BENCH_CONNECTIONS (64), BENCH_BROKERS ("apache embedded").
@@ -17,7 +17,7 @@ export RUN_DIR=${RUN_DIR:-$ROOT_DIR/$BUILD/bench-run}
 . "$ROOT_DIR/scripts/lib.sh"
 cd "$ROOT_DIR"
 
-BENCHMARKS=(ingest config registry stream)
+BENCHMARKS=(ingest config registry stream reboot)
 DURATION=${BENCH_DURATION:-15}
 WARMUP=${BENCH_WARMUP:-3}
 CONNECTIONS=${BENCH_CONNECTIONS:-64}
@@ -434,6 +434,38 @@ bench_stream() {
   SUMMARY+=("stream	$broker	$eps	-	-	$(awk -v c="$cores" 'BEGIN{printf "%.0f", c*100}')	$rss	events/s $(met "$eps" '>=' 100000) (raw $raw/s, ratio $ratio $(met "$ratio" '>=' 0.25), $epc per cpu-s), rss $(met "$rss" '<=' 128)")
 }
 
+# ---- benchmark: reboot-command -----------------------------------------------
+
+# Commands/s from robot.commands.v1 to the vendor's POST, and the p99 from the
+# dispatch decision to the vendor's answer, over BENCH_REBOOT_COMMANDS automatic
+# requests (one per robot) against a fast fake vendor (tests/bench/reboot_bench.py).
+bench_reboot() {
+  local broker=apache out json rc=0 cps p99 cpu rss
+  echo "== reboot / $broker (${BENCH_REBOOT_COMMANDS:-20000} commands)"
+  [ -x "$BUILD/bin/reboot-command" ] || die "$BUILD/bin/reboot-command is missing: run 'make'"
+  eval "$(scripts/redis-local.sh start | grep '^REDIS_URL=')"
+  export REDIS_URL
+  start_broker "$broker"
+  SECRETS_KEY=$(head -c 32 /dev/urandom | base64)
+  export SECRETS_KEY
+  out=$LOG_DIR/reboot-bench.out
+  RB_PORT=$(free_port) /usr/bin/python3 tests/bench/reboot_bench.py "$BUILD" "$RUN_DIR" > "$out" 2>&1 || rc=$?
+  sed 's/^/   /' "$out"
+  stop_broker "$broker"
+  scripts/redis-local.sh stop > /dev/null
+  json=$(tail -n 1 "$out")
+  if [ $rc != 0 ] || [ "${json:0:1}" != "{" ]; then
+    FAILED+=("reboot: benchmark failed (exit $rc), see $out")
+    SUMMARY+=("reboot	$broker	-	-	-	-	-	failed")
+    return 0
+  fi
+  cps=$(json_field "$json" cmds_per_s)
+  p99=$(json_field "$json" p99_ms)
+  cpu=$(json_field "$json" cpu_s)
+  rss=$(json_field "$json" rss_mib_peak)
+  SUMMARY+=("reboot	$broker	$cps	-	$p99	${cpu}s	$rss	commands/s >= 2000 $(met "$cps" '>=' 2000), decision->dispatch p99 <= 50 ms $(met "$p99" '<=' 50), duplicates $(json_field "$json" duplicates)")
+}
+
 # ---- main -------------------------------------------------------------------
 
 names=("$@")
@@ -450,6 +482,7 @@ done
 
 echo
 echo "targets (information only): accepted/s >= 20000, p99 <= 25 ms, peak RSS <= 64 MiB"
+echo "  reboot: accepted/s = commands/s from robot.commands.v1 to vendor dispatch, p99 = decision -> vendor answer (targets >= 2000/s, <= 50 ms); cpu = reboot-command cpu seconds"
 echo "  stream: accepted/s = events/s through stream-processor (exactly-once), targets >= 100000/s on one core, >= 25% of the raw consume rate, rss <= 128 MiB"
 echo "  cfg-rel: p50/p99 = release sent -> applied in each of 5 services; cfg-watch: accepted/s = watchers notified, p99 = fan-out ms, rss = config-center peak (VmHWM)"
 printf '%-8s %-9s %10s %8s %8s %6s %9s  %s\n' bench broker accepted/s p50_ms p99_ms cpu% rss_MiB targets

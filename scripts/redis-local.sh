@@ -26,6 +26,12 @@ start() {
     --logfile "$REDIS_DIR/redis.log" --daemonize no < /dev/null > /dev/null 2>&1 &
   echo $! > "$PIDFILE"
   wait_port 127.0.0.1 "$port" 20 || { stop_pidfile "$PIDFILE"; die "redis did not listen on $port, see $REDIS_DIR/redis.log"; }
+  # Listening is not ready: with an AOF to replay Redis answers LOADING for a while.
+  local i
+  for ((i = 0; i < 600; i++)); do
+    [ "$(redis-cli -p "$port" ping 2>/dev/null)" = PONG ] && break
+    sleep 0.1
+  done
   local url="redis://127.0.0.1:$port/0"
   echo "$url" > "$REDIS_DIR/url"
   env_set REDIS_URL "$url"

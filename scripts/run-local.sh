@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole platform locally: Redis, a Kafka broker and the five services
 # on their default ports (8081 ingest, 8082 registry, 8083 reboot-command,
-# 8084 config-center, 8085 stream-processor). Ctrl-C or SIGTERM stops everything
+# 8084 config-center, 8085 stream-processor), plus the robot simulator on 8090
+# with a demo fleet registered through robot-registry (source demo-sim). Ctrl-C or SIGTERM stops everything
 # it started. Addresses go to .run/env for other tools and tests.
 #
 #   scripts/run-local.sh [--kafka embedded|apache]
@@ -25,6 +26,8 @@ case "$KAFKA_MODE" in embedded|apache) ;; *) die "--kafka must be embedded or ap
 SERVICES=(webhook-ingest robot-registry reboot-command config-center stream-processor)
 declare -A PORT=([webhook-ingest]=8081 [robot-registry]=8082 [reboot-command]=8083
                  [config-center]=8084 [stream-processor]=8085)
+SIM_PORT=8090
+SIM_TOKEN=demo-sim-token
 LOG_DIR=$RUN_DIR/logs
 PID_DIR=$RUN_DIR/pids
 mkdir -p "$LOG_DIR" "$PID_DIR"
@@ -36,12 +39,17 @@ for s in "${SERVICES[@]}"; do
     die "port ${PORT[$s]} (for $s) is already in use"
   fi
 done
+[ -x "$BUILD/bin/robot-sim" ] || die "$BUILD/bin/robot-sim is missing: run 'make'"
+if (exec 3<>"/dev/tcp/127.0.0.1/$SIM_PORT") 2>/dev/null; then
+  die "port $SIM_PORT (for robot-sim) is already in use"
+fi
 
 stopping=0
 cleanup() {
   [ "$stopping" = 1 ] && return
   stopping=1
   echo "stopping..."
+  stop_pidfile "$PID_DIR/robot-sim.pid" 10
   for s in "${SERVICES[@]}"; do
     [ -f "$PID_DIR/$s.pid" ] && kill -TERM "$(cat "$PID_DIR/$s.pid")" 2>/dev/null || true
   done
@@ -76,6 +84,8 @@ fi
 export REDIS_URL KAFKA_BOOTSTRAP_SERVERS SECRETS_KEY
 # The config client's cache of released namespaces (a start while Redis is down).
 export CONFIG_CACHE_DIR=${CONFIG_CACHE_DIR:-$RUN_DIR/config-cache}
+# The URL robot-registry gives the vendor (the simulator) to post webhooks to.
+export REGISTRY_PUBLIC_INGEST_URL='http://127.0.0.1:8081/v1/webhooks/{source}'
 
 for s in "${SERVICES[@]}"; do
   HTTP_PORT=${PORT[$s]} "$BUILD/bin/$s" -c "$ROOT_DIR/services/$s/$s.yaml" \
@@ -95,6 +105,35 @@ for s in "${SERVICES[@]}"; do
   done
 done
 
+# The demo fleet: 20 robots in two fleets; robot 7 goes silent at t=10 s (until
+# rebooted), fleet-b has a small fault storm at t=40 s. A reboot silences a
+# robot for 10 s, then it sends command.ack, robot.booted and command.result.
+SIM_URL=http://127.0.0.1:$SIM_PORT
+"$BUILD/bin/robot-sim" --port "$SIM_PORT" --token "$SIM_TOKEN" --robots 20 --fleets 2 \
+  --heartbeat-ms 5000 --reboot-ms 10000 --fault-prob 0 --silent 7@10 --storm b@40:20/10 \
+  >> "$LOG_DIR/robot-sim.log" 2>&1 < /dev/null &
+echo $! > "$PID_DIR/robot-sim.pid"
+env_set SIM_URL "$SIM_URL"
+until curl -fsS -o /dev/null "$SIM_URL/healthz" 2>/dev/null; do
+  pid_alive "$PID_DIR/robot-sim.pid" || die "robot-sim exited, see $LOG_DIR/robot-sim.log"
+  sleep 0.2
+done
+# Register it as vendor source demo-sim afresh (an earlier run's registration
+# pointed at an earlier simulator), point its webhooks at webhook-ingest, pull
+# its robots and let them be rebooted automatically.
+REG=http://127.0.0.1:${PORT[robot-registry]}
+regcall() { curl -fsS -o /dev/null -X "$1" -H 'Content-Type: application/json' ${3:+-d "$3"} "$REG$2"; }
+regcall DELETE /v1/sources/demo-sim 2>/dev/null || true
+regcall PUT /v1/sources/demo-sim "{\"base_url\":\"$SIM_URL\",\"api_token\":\"$SIM_TOKEN\"}" ||
+  die "cannot create source demo-sim, see $LOG_DIR/robot-registry.log"
+regcall POST /v1/sources/demo-sim/webhook-registration ||
+  die "webhook registration at robot-sim failed, see $LOG_DIR/robot-registry.log"
+regcall POST /v1/sources/demo-sim/sync || die "robot sync failed, see $LOG_DIR/robot-registry.log"
+for i in $(seq -f '%05g' 1 20); do
+  regcall PATCH "/v1/robots/robot-$i" '{"policy":{"auto_reboot":true,"modes":["soft","hard"]}}' ||
+    die "cannot set the policy of robot-$i, see $LOG_DIR/robot-registry.log"
+done
+
 echo
 echo "Robot Fleet Control Platform is running (Kafka: $KAFKA_MODE)"
 [ "$KAFKA_MODE" = embedded ] &&
@@ -103,11 +142,15 @@ printf '  %-18s %s\n' redis "$REDIS_URL" kafka "$KAFKA_BOOTSTRAP_SERVERS"
 for s in "${SERVICES[@]}"; do
   printf '  %-18s http://127.0.0.1:%s  (log: %s)\n' "$s" "${PORT[$s]}" "$LOG_DIR/$s.log"
 done
+printf '  %-18s %s  (log: %s)\n' robot-sim "$SIM_URL" "$LOG_DIR/robot-sim.log"
+echo "    demo fleet: 20 robots (source demo-sim); robot-00007 goes silent at t=10 s,"
+echo "    fleet-b fault storm at t=40 s; stats: curl $SIM_URL/sim/stats"
 echo "  addresses written to $RUN_DIR/env; Ctrl-C stops everything"
 
 while true; do
   for s in "${SERVICES[@]}"; do
     pid_alive "$PID_DIR/$s.pid" || die "$s exited unexpectedly, see $LOG_DIR/$s.log"
   done
+  pid_alive "$PID_DIR/robot-sim.pid" || die "robot-sim exited unexpectedly, see $LOG_DIR/robot-sim.log"
   sleep 1
 done

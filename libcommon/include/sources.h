@@ -59,11 +59,23 @@ void source_free(struct source *s);
 
 /* ---- writing (robot-registry) ---- */
 
+/*
+ * A Redis stream entry written by the same script as a change, only when the
+ * change is made (a transactional outbox): XADD stream * fields...
+ */
+struct source_outbox {
+    const char *stream;
+    const char *const *fields; /* field, value, field, value ... */
+    size_t nfields;            /* even */
+    char id[48];               /* out: the entry id written */
+};
+
 struct source_store_opts {
-    int64_t expected_version; /* -1: any; 0: must not exist yet; else the stored version */
-    const char *updated_by;   /* who made the change (X-Consumer-Username); NULL = "" */
-    const char *webhook_id;   /* the vendor's subscription id: NULL keeps it, "" removes it */
-    int64_t now_ms;           /* written as updated_at; secrets expired by then are dropped */
+    int64_t expected_version;     /* -1: any; 0: must not exist yet; else the stored version */
+    const char *updated_by;       /* who made the change (X-Consumer-Username); NULL = "" */
+    const char *webhook_id;       /* the vendor's subscription id: NULL keeps it, "" removes it */
+    int64_t now_ms;               /* written as updated_at; secrets expired by then are dropped */
+    struct source_outbox *outbox; /* NULL: none; else appended in the same script */
 };
 
 /*
@@ -79,6 +91,8 @@ int sources_store(struct redis *r, const struct keyring *k, const struct source 
                   const struct source_store_opts *o, int64_t *new_version);
 /* Removes source:{id} and its `sources` entry atomically: 0, -ENOENT or -EIO. */
 int sources_delete(struct redis *r, const char *id);
+/* The same, appending the outbox entry (if not NULL) in the same script when it deletes. */
+int sources_delete_outbox(struct redis *r, const char *id, struct source_outbox *outbox);
 /* A secret's key as "whsec_<base64>", the form sources_store writes. You free it. */
 char *source_secret_text(const struct source_secret *s);
 

@@ -196,23 +196,48 @@ out:
 /* ---- writing ---- */
 
 /*
- * KEYS: source:{id}, sources. ARGV: expected version (-1 any), webhook mode
- * (keep|set|del), webhook id, created_at, then field/value pairs.
- * Returns {1, new version} or {0, stored version}.
+ * KEYS: source:{id}, sources, optionally an outbox stream. ARGV: expected
+ * version (-1 any), webhook mode (keep|set|del), webhook id, created_at, the
+ * number n of field/value arguments, n of them, then the outbox entry's
+ * field/value pairs. Returns {1, new version, outbox id or ""} or {0, stored version}.
  */
 static const char STORE_LUA[] =
     "local cur = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')\n"
     "local exp = tonumber(ARGV[1])\n"
     "if exp >= 0 and cur ~= exp then return {0, cur} end\n"
     "local nv = cur + 1\n"
+    "local nh = tonumber(ARGV[5])\n"
     "local args = {}\n"
-    "for i = 5, #ARGV do args[#args + 1] = ARGV[i] end\n"
+    "for i = 6, 5 + nh do args[#args + 1] = ARGV[i] end\n"
     "redis.call('HSET', KEYS[1], 'version', tostring(nv), unpack(args))\n"
     "redis.call('HSETNX', KEYS[1], 'created_at', ARGV[4])\n"
     "if ARGV[2] == 'set' then redis.call('HSET', KEYS[1], 'webhook_id', ARGV[3])\n"
     "elseif ARGV[2] == 'del' then redis.call('HDEL', KEYS[1], 'webhook_id') end\n"
-    "redis.call('SADD', KEYS[2], ARGV[6])\n"
-    "return {1, nv}\n";
+    "redis.call('SADD', KEYS[2], ARGV[7])\n"
+    "local ob = ''\n"
+    "if KEYS[3] then ob = redis.call('XADD', KEYS[3], '*', unpack(ARGV, 6 + nh)) end\n"
+    "return {1, nv, ob}\n";
+
+/*
+ * KEYS: source:{id}, sources, optionally an outbox stream. ARGV: id, then the
+ * outbox entry's field/value pairs. Returns {1, outbox id or ""} or {0, ""}.
+ */
+static const char DELETE_LUA[] =
+    "if redis.call('DEL', KEYS[1]) == 0 then return {0, ''} end\n"
+    "redis.call('SREM', KEYS[2], ARGV[1])\n"
+    "local ob = ''\n"
+    "if KEYS[3] then ob = redis.call('XADD', KEYS[3], '*', unpack(ARGV, 2)) end\n"
+    "return {1, ob}\n";
+
+/* Copies the outbox id of reply element i into ob (if any). */
+static void outbox_id(const redisReply *reply, size_t i, struct source_outbox *ob)
+{
+    if (!ob)
+        return;
+    ob->id[0] = '\0';
+    if (reply->elements > i && reply->element[i]->type == REDIS_REPLY_STRING)
+        snprintf(ob->id, sizeof(ob->id), "%s", reply->element[i]->str);
+}
 
 char *source_secret_text(const struct source_secret *s)
 {
@@ -281,40 +306,57 @@ int sources_store(struct redis *r, const struct keyring *k, const struct source 
     }
     char *secrets = seal_secrets(k, src, o->now_ms);
     const char *mode = !o->webhook_id ? "keep" : *o->webhook_id ? "set" : "del";
-    const char *argv[] = {"EVAL",
-                          STORE_LUA,
-                          "2",
-                          key,
-                          "sources",
-                          expected,
-                          mode,
-                          o->webhook_id ? o->webhook_id : "",
-                          now,
-                          "id",
-                          src->id,
-                          "base_url",
-                          src->base_url ? src->base_url : "",
-                          "signature_scheme",
-                          source_scheme_name(src->scheme),
-                          "api_token",
-                          token ? token : "",
-                          "webhook_secrets",
-                          secrets ? secrets : "",
-                          "updated_at",
-                          now,
-                          "updated_by",
-                          o->updated_by ? o->updated_by : ""};
-    redisReply *reply = redis_command(r, (int)(sizeof(argv) / sizeof(argv[0])), argv, NULL);
+    const char *fields[] = {"id",
+                            src->id,
+                            "base_url",
+                            src->base_url ? src->base_url : "",
+                            "signature_scheme",
+                            source_scheme_name(src->scheme),
+                            "api_token",
+                            token ? token : "",
+                            "webhook_secrets",
+                            secrets ? secrets : "",
+                            "updated_at",
+                            now,
+                            "updated_by",
+                            o->updated_by ? o->updated_by : ""};
+    const size_t nf = sizeof(fields) / sizeof(fields[0]);
+    const struct source_outbox *ob = o->outbox;
+    size_t nob = ob ? ob->nfields : 0;
+    const char **argv = xcalloc(11 + nf + nob, sizeof(*argv));
+    char nfs[8];
+    snprintf(nfs, sizeof(nfs), "%zu", nf);
+    size_t argc = 0;
+    argv[argc++] = "EVAL";
+    argv[argc++] = STORE_LUA;
+    argv[argc++] = ob ? "3" : "2";
+    argv[argc++] = key;
+    argv[argc++] = "sources";
+    if (ob)
+        argv[argc++] = ob->stream;
+    argv[argc++] = expected;
+    argv[argc++] = mode;
+    argv[argc++] = o->webhook_id ? o->webhook_id : "";
+    argv[argc++] = now;
+    argv[argc++] = nfs;
+    for (size_t i = 0; i < nf; i++)
+        argv[argc++] = fields[i];
+    for (size_t i = 0; i < nob; i++)
+        argv[argc++] = ob->fields[i];
+    redisReply *reply = redis_command(r, (int)argc, argv, NULL);
+    free(argv);
     free(token);
     free(secrets);
     if (!reply)
         return -EIO;
     int rc = -EIO;
-    if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 2 &&
+    if (reply->type == REDIS_REPLY_ARRAY && reply->elements >= 2 &&
         reply->element[0]->type == REDIS_REPLY_INTEGER &&
         reply->element[1]->type == REDIS_REPLY_INTEGER) {
         *new_version = reply->element[1]->integer;
         rc = reply->element[0]->integer == 1 ? 0 : -ESTALE;
+        if (rc == 0)
+            outbox_id(reply, 2, o->outbox);
     } else if (reply->type == REDIS_REPLY_ERROR) {
         LOG_ERROR("cannot store source '%s': %s", src->id, reply->str);
     }
@@ -324,24 +366,42 @@ int sources_store(struct redis *r, const struct keyring *k, const struct source 
 
 int sources_delete(struct redis *r, const char *id)
 {
+    return sources_delete_outbox(r, id, NULL);
+}
+
+int sources_delete_outbox(struct redis *r, const char *id, struct source_outbox *ob)
+{
     char key[SOURCE_ID_MAX + 8];
     if (!source_id_valid(id))
         return -ENOENT;
     snprintf(key, sizeof(key), "source:%s", id);
-    const char *multi[] = {"MULTI"}, *del[] = {"DEL", key}, *srem[] = {"SREM", "sources", id},
-               *exec[] = {"EXEC"};
-    struct redis_cmd cmds[] = {{1, multi, NULL}, {2, del, NULL}, {3, srem, NULL}, {1, exec, NULL}};
-    redisReply *replies[4] = {0};
-    if (redis_pipeline(r, 4, cmds, replies) != 0)
+    size_t nob = ob ? ob->nfields : 0;
+    const char **argv = xcalloc(7 + nob, sizeof(*argv));
+    size_t argc = 0;
+    argv[argc++] = "EVAL";
+    argv[argc++] = DELETE_LUA;
+    argv[argc++] = ob ? "3" : "2";
+    argv[argc++] = key;
+    argv[argc++] = "sources";
+    if (ob)
+        argv[argc++] = ob->stream;
+    argv[argc++] = id;
+    for (size_t i = 0; i < nob; i++)
+        argv[argc++] = ob->fields[i];
+    redisReply *reply = redis_command(r, (int)argc, argv, NULL);
+    free(argv);
+    if (!reply)
         return -EIO;
     int rc = -EIO;
-    const redisReply *ex = replies[3];
-    if (ex && ex->type == REDIS_REPLY_ARRAY && ex->elements == 2 &&
-        ex->element[0]->type == REDIS_REPLY_INTEGER)
-        rc = ex->element[0]->integer == 1 ? 0 : -ENOENT;
-    for (size_t i = 0; i < 4; i++)
-        if (replies[i])
-            freeReplyObject(replies[i]);
+    if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 2 &&
+        reply->element[0]->type == REDIS_REPLY_INTEGER) {
+        rc = reply->element[0]->integer == 1 ? 0 : -ENOENT;
+        if (rc == 0)
+            outbox_id(reply, 1, ob);
+    } else if (reply->type == REDIS_REPLY_ERROR) {
+        LOG_ERROR("cannot delete source '%s': %s", id, reply->str);
+    }
+    freeReplyObject(reply);
     return rc;
 }
 

@@ -1,13 +1,12 @@
 /*
- * The registry object (see registry.h): settings, clients, metrics, publishing
- * changes to robot.registry.v1 with the answer held until Kafka acknowledged
- * them, and the worker thread that runs vendor calls off the HTTP threads.
+ * The registry object (see registry.h): settings, clients, metrics, answers
+ * held until the outbox relay has the change's event acknowledged by Kafka,
+ * and the worker thread that runs vendor calls off the HTTP threads.
  */
 #include "registry.h"
 
 #include <errno.h>
 #include <pthread.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,7 +18,6 @@
 #include "http_client.h"
 #include "http_server.h"
 #include "json.h"
-#include "kafka.h"
 #include "keyring.h"
 #include "log.h"
 #include "metrics.h"
@@ -27,7 +25,6 @@
 #include "service.h"
 #include "str.h"
 #include "timeutil.h"
-#include "topics.h"
 #include "trace.h"
 #include "xalloc.h"
 
@@ -67,6 +64,15 @@ const struct cfg_key registry_config_keys[] = {
      "limit asked of the vendor per page during sync"},
     {"registry.sync_max_robots", CFG_INT, "200000", 1, 10000000, false, NULL,
      "most robots one sync accepts from the vendor"},
+    {"registry.publish_wait_ms", CFG_INT, "10000", 100, 600000, false, NULL,
+     "how long a write waits for Kafka to acknowledge its event before answering 503 "
+     "(the change stays in the outbox and is announced later)"},
+    {"registry.outbox_poll_ms", CFG_INT, "100", 10, 10000, false, NULL,
+     "how often the relay looks for outbox entries written by other replicas"},
+    {"registry.outbox_lease_ms", CFG_INT, "5000", 500, 600000, false, NULL,
+     "lease of the one relay that produces the outbox; a dead holder is replaced after it"},
+    {"registry.outbox_batch", CFG_INT, "500", 1, 10000, false, NULL,
+     "outbox entries produced per relay round"},
 };
 const size_t registry_config_nkeys = sizeof(registry_config_keys) / sizeof(registry_config_keys[0]);
 
@@ -80,7 +86,7 @@ struct job {
 
 struct registry {
     struct service *svc;
-    struct kafka_producer *producer;
+    struct outbox *outbox;
     struct keyring *keyring;
     struct http_client *vendor;
     struct registry_settings set;
@@ -228,66 +234,29 @@ char *registry_event(const char *type, const char *subject, const cJSON *data, s
     return buf_detach(&b, len);
 }
 
-/* ---- publishing ---- */
+/* ---- announcing (the outbox relay does the producing) ---- */
 
-/* What every delivery opaque starts with: the producer's callback hands it back. */
-struct ack {
-    void (*done)(struct ack *a, int err);
-};
-
-void registry_on_delivery(void *opaque, int err, const char *errstr, int32_t partition,
-                          int64_t offset)
+void registry_traceparent(struct http_request *req, char out[TRACE_PARENT_LEN])
 {
-    (void)partition;
-    (void)offset;
-    if (err)
-        LOG_WARN("kafka did not acknowledge a registry change: %s", errstr ? errstr : "?");
-    struct ack *a = opaque;
-    if (a)
-        a->done(a, err);
-}
-
-/* Queues msgs with opaque a; returns how many could not be queued. */
-static int send_all(struct registry *reg, const struct registry_msg *msgs, size_t n,
-                    const char *parent, struct ack *a)
-{
-    char tp[TRACE_PARENT_LEN];
-    trace_parent_child(parent, tp);
-    struct kafka_header h = {"traceparent", tp, strlen(tp)};
-    for (size_t i = 0; i < n; i++) {
-        int rc = kafka_producer_send(reg->producer, TOPIC_ROBOT_REGISTRY, -1, msgs[i].key,
-                                     strlen(msgs[i].key), msgs[i].value, msgs[i].len, &h, 1, a);
-        if (rc != 0) {
-            LOG_WARN("cannot queue a registry change for kafka (key '%s')", msgs[i].key);
-            return (int)(n - i);
-        }
-    }
-    return 0;
+    trace_parent_child(req ? http_request_header(req, "traceparent") : NULL, out);
 }
 
 struct http_wait {
-    struct ack ack;
     struct http_request *req;
-    atomic_int remaining;
-    atomic_int failed;
     unsigned status;
     char *body;
     char etag[48];
 };
 
-static void http_wait_done(struct ack *a, int err)
+static void http_wait_done(void *ud, bool announced)
 {
-    struct http_wait *w = (struct http_wait *)a;
-    if (err)
-        atomic_fetch_add(&w->failed, 1);
-    if (atomic_fetch_sub(&w->remaining, 1) != 1)
-        return;
-    if (atomic_load(&w->failed)) {
+    struct http_wait *w = ud;
+    if (!announced) {
         free(w->body);
         http_response_header(w->req, "Retry-After", "5");
         http_respond_problem(w->req, 503, NULL,
-                             "the change is stored but kafka did not acknowledge its event; "
-                             "the topic shows it with the next change of this record");
+                             "the change is stored but kafka has not acknowledged its event yet; "
+                             "the outbox announces it on robot.registry.v1 once kafka is back");
     } else {
         if (w->etag[0])
             http_response_header(w->req, "ETag", w->etag);
@@ -297,63 +266,22 @@ static void http_wait_done(struct ack *a, int err)
     free(w);
 }
 
-void registry_publish_and_respond(struct registry *reg, struct http_request *req,
-                                  const struct registry_msg *msgs, size_t n, unsigned status,
-                                  char *body, const char *etag)
+void registry_respond_announced(struct registry *reg, struct http_request *req,
+                                const char *entry_id, unsigned status, char *body, const char *etag)
 {
     struct http_wait *w = xcalloc(1, sizeof(*w));
-    w->ack.done = http_wait_done;
     w->req = req;
     w->status = status;
     w->body = body;
     if (etag)
         str_copy(w->etag, etag, sizeof(w->etag));
-    const char *parent = http_request_header(req, "traceparent");
     http_request_suspend(req);
-    /* One extra count held while queueing, so no delivery completes the request early. */
-    atomic_store(&w->remaining, (int)n + 1);
-    int missing = send_all(reg, msgs, n, parent, &w->ack);
-    if (missing) {
-        atomic_fetch_add(&w->failed, 1);
-        atomic_fetch_sub(&w->remaining, missing);
-    }
-    http_wait_done(&w->ack, 0);
+    registry_outbox_wait(reg->outbox, entry_id, http_wait_done, w);
 }
 
-struct sync_wait {
-    struct ack ack;
-    pthread_mutex_t lock;
-    pthread_cond_t cond;
-    int remaining;
-    int failed;
-};
-
-static void sync_wait_done(struct ack *a, int err)
+int registry_wait_announced(struct registry *reg, const char *entry_id)
 {
-    struct sync_wait *w = (struct sync_wait *)a;
-    pthread_mutex_lock(&w->lock);
-    w->failed += err ? 1 : 0;
-    if (--w->remaining == 0)
-        pthread_cond_signal(&w->cond);
-    pthread_mutex_unlock(&w->lock);
-}
-
-int registry_publish_wait(struct registry *reg, const struct registry_msg *msgs, size_t n)
-{
-    struct sync_wait w = {.ack.done = sync_wait_done, .remaining = (int)n + 1};
-    pthread_mutex_init(&w.lock, NULL);
-    pthread_cond_init(&w.cond, NULL);
-    int missing = send_all(reg, msgs, n, NULL, &w.ack);
-    pthread_mutex_lock(&w.lock);
-    w.remaining -= missing + 1;
-    w.failed += missing;
-    while (w.remaining > 0)
-        pthread_cond_wait(&w.cond, &w.lock);
-    int failed = w.failed;
-    pthread_mutex_unlock(&w.lock);
-    pthread_cond_destroy(&w.cond);
-    pthread_mutex_destroy(&w.lock);
-    return failed ? -EPIPE : 0;
+    return registry_outbox_wait_sync(reg->outbox, entry_id);
 }
 
 /* ---- worker ---- */
@@ -436,7 +364,6 @@ struct registry *registry_new(struct service *svc, char *errbuf, size_t errsize)
     const struct cfg *c = service_cfg(svc);
     struct registry *reg = xcalloc(1, sizeof(*reg));
     reg->svc = svc;
-    reg->producer = service_producer(svc);
     pthread_mutex_init(&reg->redis_lock, NULL);
     pthread_mutex_init(&reg->job_lock, NULL);
     pthread_cond_init(&reg->job_cond, NULL);
@@ -471,6 +398,15 @@ struct registry *registry_new(struct service *svc, char *errbuf, size_t errsize)
         .connect_timeout_ms = (int)cfg_get_int(c, "redis.connect_timeout_ms"),
         .command_timeout_ms = (int)cfg_get_int(c, "redis.command_timeout_ms"),
     };
+    struct registry_outbox_settings os = {
+        .wait_ms = cfg_get_int(c, "registry.publish_wait_ms"),
+        .poll_ms = cfg_get_int(c, "registry.outbox_poll_ms"),
+        .lease_ms = cfg_get_int(c, "registry.outbox_lease_ms"),
+        .batch = cfg_get_int(c, "registry.outbox_batch"),
+    };
+    reg->outbox = registry_outbox_new(svc, &reg->ropts, &os, errbuf, errsize);
+    if (!reg->outbox)
+        goto out_free;
     struct http_client_options ho = {
         .connect_timeout_ms = (int)cfg_get_int(c, "registry.vendor_connect_timeout_ms"),
         .timeout_ms = (int)cfg_get_int(c, "registry.vendor_timeout_ms"),
@@ -513,14 +449,18 @@ int registry_register_routes(struct registry *reg)
 void registry_stop(void *ud)
 {
     struct registry *reg = ud;
-    if (!reg->worker_started)
+    if (!reg->worker_started) {
+        registry_outbox_stop(reg->outbox);
         return;
+    }
     pthread_mutex_lock(&reg->job_lock);
     reg->stop = true;
     pthread_cond_signal(&reg->job_cond);
     pthread_mutex_unlock(&reg->job_lock);
     pthread_join(reg->worker, NULL);
     reg->worker_started = false;
+    /* after the worker: a sync still waits on the relay until then */
+    registry_outbox_stop(reg->outbox);
 }
 
 void registry_free(struct registry *reg)
@@ -528,6 +468,7 @@ void registry_free(struct registry *reg)
     if (!reg)
         return;
     registry_stop(reg);
+    registry_outbox_free(reg->outbox);
     for (size_t i = 0; i < reg->nthread_redis; i++)
         redis_free(reg->thread_redis[i]);
     http_client_free(reg->vendor);

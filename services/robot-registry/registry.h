@@ -1,7 +1,7 @@
 /*
  * robot-registry's business, shared by its files: the registry object (config,
- * clients, metrics), publishing changes to robot.registry.v1 and answering the
- * HTTP request only once Kafka acknowledged them, and a worker thread for the
+ * clients, metrics), the outbox of robot.registry.v1 (every change is stored
+ * with its event; the HTTP answer waits until Kafka acknowledged it), and a worker thread for the
  * slow vendor calls (webhook registration, sync) so no HTTP thread waits on
  * the vendor.
  *
@@ -18,6 +18,7 @@
 #include <cjson/cJSON.h>
 
 #include "config.h"
+#include "trace.h"
 
 struct registry;
 struct service;
@@ -26,6 +27,7 @@ struct redis;
 struct keyring;
 struct http_client;
 struct http_server;
+struct redis_options;
 
 extern const struct cfg_key registry_config_keys[];
 extern const size_t registry_config_nkeys;
@@ -43,7 +45,7 @@ struct registry_settings {
 struct registry *registry_new(struct service *svc, char *errbuf, size_t errsize);
 /* Adds every /v1/robots and /v1/sources route. */
 int registry_register_routes(struct registry *reg);
-/* The shared producer's delivery callback (service_def.on_delivery). */
+/* The shared producer's delivery callback (service_def.on_delivery; outbox.c). */
 void registry_on_delivery(void *opaque, int err, const char *errstr, int32_t partition,
                           int64_t offset);
 /* After HTTP drained: finishes the queued vendor jobs and stops the worker. */
@@ -85,22 +87,66 @@ struct registry_msg {
 char *registry_event(const char *type, const char *subject, const cJSON *data, size_t *len);
 
 /*
- * Produces msgs to robot.registry.v1 (key = msg key, header traceparent
- * continuing the request's) and answers req only when Kafka acknowledged all
- * of them: status with body (application/json, taken over, may be NULL for
- * 204) and an ETag when etag is not NULL; 503 if Kafka refused them (the
- * change is stored, the answer says so). Suspends req itself; callable from
- * the HTTP thread or the worker.
+ * The transactional outbox (outbox.c). Write scripts start with
+ * REGISTRY_OUTBOX_LUA and call outbox(first) to XADD the change events found
+ * in ARGV[first..], three arguments per message (registry_outbox_args): key,
+ * value ("" = tombstone) and traceparent; it returns the last entry id. The
+ * relay produces entries to robot.registry.v1 in order and deletes each after
+ * Kafka acknowledged it.
  */
-void registry_publish_and_respond(struct registry *reg, struct http_request *req,
-                                  const struct registry_msg *msgs, size_t n, unsigned status,
-                                  char *body, const char *etag);
+#define REGISTRY_OUTBOX_KEY "registry:outbox"
+#define REGISTRY_OUTBOX_LUA                                                                        \
+    "local function outbox(first)\n"                                                               \
+    "  local id = ''\n"                                                                            \
+    "  for i = first, #ARGV - 2, 3 do\n"                                                           \
+    "    if ARGV[i + 1] == '' then\n"                                                              \
+    "      id = redis.call('XADD', 'registry:outbox', '*', 'key', ARGV[i], 'tombstone', '1',\n"    \
+    "        'traceparent', ARGV[i + 2])\n"                                                        \
+    "    else\n"                                                                                   \
+    "      id = redis.call('XADD', 'registry:outbox', '*', 'key', ARGV[i], 'value', ARGV[i + "     \
+    "1],\n"                                                                                        \
+    "        'traceparent', ARGV[i + 2])\n"                                                        \
+    "    end\n"                                                                                    \
+    "  end\n"                                                                                      \
+    "  return id\n"                                                                                \
+    "end\n"
+#define REGISTRY_OUTBOX_ID_MAX 48 /* "ms-seq" of a stream entry, with NUL */
+
+/* Appends the script arguments of msgs to argv (at most max); returns how many. */
+size_t registry_outbox_args(const struct registry_msg *msgs, size_t n, const char *traceparent,
+                            const char **argv, size_t max);
 
 /*
- * Produces msgs and waits (on the calling worker thread) until Kafka
- * acknowledged them all: 0, or negative when one failed.
+ * Answers req once the outbox entry entry_id (and every one before it) is on
+ * robot.registry.v1: status with body (application/json, taken over, may be
+ * NULL for 204) and an ETag when etag is not NULL. When Kafka does not
+ * acknowledge it within registry.publish_wait_ms the answer is 503: the change
+ * is stored and the relay announces it once Kafka is back. Suspends req.
  */
-int registry_publish_wait(struct registry *reg, const struct registry_msg *msgs, size_t n);
+void registry_respond_announced(struct registry *reg, struct http_request *req,
+                                const char *entry_id, unsigned status, char *body,
+                                const char *etag);
+/* Waits on the calling (worker) thread the same way: 0, or -EPIPE when not announced in time. */
+int registry_wait_announced(struct registry *reg, const char *entry_id);
+/* The traceparent the request's events carry (a child of its own, or a new trace). */
+void registry_traceparent(struct http_request *req, char out[TRACE_PARENT_LEN]);
+
+struct outbox;
+struct registry_outbox_settings {
+    int64_t wait_ms, poll_ms, lease_ms, batch;
+};
+typedef void (*registry_announced_fn)(void *ud, bool announced);
+/* Starts the relay thread on its own Redis connection. NULL + errbuf. */
+struct outbox *registry_outbox_new(struct service *svc, const struct redis_options *ropts,
+                                   const struct registry_outbox_settings *set, char *errbuf,
+                                   size_t errsize);
+/* Calls done(ud, announced) from the relay thread once entry_id left the stream, or in time. */
+void registry_outbox_wait(struct outbox *ob, const char *entry_id, registry_announced_fn done,
+                          void *ud);
+int registry_outbox_wait_sync(struct outbox *ob, const char *entry_id);
+/* Stops the relay (pending waiters are answered "not announced"); releases the lease. */
+void registry_outbox_stop(struct outbox *ob);
+void registry_outbox_free(struct outbox *ob); /* NULL-safe */
 
 /* Runs fn(reg, job) on the worker thread; req is suspended meanwhile. job is freed with free_fn. */
 typedef void (*registry_job_fn)(struct registry *reg, struct http_request *req, void *job);

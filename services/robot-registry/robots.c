@@ -433,10 +433,11 @@ static void merge_patch(cJSON *target, const cJSON *patch)
 
 /*
  * ARGV: id, expected version (0 = must not exist), record, fleet, status,
- * source, search text. Moves the id between index sets and writes the hash.
- * Returns {1, new version} or {0, stored version}.
+ * source, search text, then the outbox messages. Moves the id between index
+ * sets, writes the hash and appends the events to the outbox.
+ * Returns {1, new version, outbox entry id} or {0, stored version}.
  */
-static const char UPSERT_LUA[] =
+static const char UPSERT_LUA[] = REGISTRY_OUTBOX_LUA
     "local key = 'robot:' .. ARGV[1]\n"
     "local cur = redis.call('HMGET', key, 'version', 'fleet', 'status', 'source')\n"
     "local v = tonumber(cur[1] or '0')\n"
@@ -451,10 +452,13 @@ static const char UPSERT_LUA[] =
     "redis.call('ZADD', 'robots:all', 0, ARGV[1])\n"
     "redis.call('HSET', key, 'version', tostring(v + 1), 'record', ARGV[3], 'fleet', ARGV[4],\n"
     "  'status', ARGV[5], 'source', ARGV[6], 'q', ARGV[7])\n"
-    "return {1, v + 1}\n";
+    "return {1, v + 1, outbox(8)}\n";
 
-/* ARGV: id, expected version (-1 any). Returns {1, version} deleted or {0, stored or 0}. */
-static const char DELETE_LUA[] =
+/*
+ * ARGV: id, expected version (-1 any), then the outbox messages. Returns
+ * {1, version, outbox entry id} deleted or {0, stored or 0}.
+ */
+static const char DELETE_LUA[] = REGISTRY_OUTBOX_LUA
     "local key = 'robot:' .. ARGV[1]\n"
     "local cur = redis.call('HMGET', key, 'version', 'fleet', 'status', 'source')\n"
     "if not cur[1] then return {0, 0} end\n"
@@ -466,7 +470,7 @@ static const char DELETE_LUA[] =
     "if cur[4] and cur[4] ~= '' then redis.call('ZREM', 'robots:source:' .. cur[4], ARGV[1]) end\n"
     "redis.call('ZREM', 'robots:all', ARGV[1])\n"
     "redis.call('DEL', key)\n"
-    "return {1, v}\n";
+    "return {1, v, outbox(3)}\n";
 
 /*
  * KEYS: the index sets to intersect (robots:all when no filter). ARGV: cursor
@@ -543,15 +547,23 @@ static int robot_load(struct redis *r, const char *id, cJSON **record, int64_t *
     return rc;
 }
 
-/* {1|0, version} replies of the scripts: 0 ok, -ESTALE (with *version stored) or -EIO. */
-static int script_result(redisReply *rep, int64_t *version)
+/*
+ * {1, version, outbox id} or {0, version} replies of the scripts: 0 ok (with
+ * entry = the outbox id), -ESTALE (with *version stored) or -EIO.
+ */
+static int script_result(redisReply *rep, int64_t *version, char entry[REGISTRY_OUTBOX_ID_MAX])
 {
     int rc = -EIO;
-    if (rep && rep->type == REDIS_REPLY_ARRAY && rep->elements == 2 &&
+    if (rep && rep->type == REDIS_REPLY_ARRAY && rep->elements >= 2 &&
         rep->element[0]->type == REDIS_REPLY_INTEGER &&
         rep->element[1]->type == REDIS_REPLY_INTEGER) {
         *version = rep->element[1]->integer;
         rc = rep->element[0]->integer == 1 ? 0 : -ESTALE;
+        entry[0] = '\0';
+        if (rc == 0 && rep->elements == 3 && rep->element[2]->type == REDIS_REPLY_STRING)
+            str_copy(entry, rep->element[2]->str, REGISTRY_OUTBOX_ID_MAX);
+        else if (rc == 0)
+            rc = -EIO;
     } else if (rep && rep->type == REDIS_REPLY_ERROR) {
         LOG_ERROR("robot store script failed: %s", rep->str);
     }
@@ -578,9 +590,13 @@ static cJSON *record_build(const char *id, const cJSON *content, int64_t version
     return rec;
 }
 
-/* Writes rec if the stored version is still expected: 0, -ESTALE or -EIO. */
+/*
+ * Writes rec, and its event msgs to the outbox, if the stored version is still
+ * expected: 0 (entry = the outbox id), -ESTALE or -EIO.
+ */
 static int robot_store(struct redis *r, const char *id, const cJSON *rec, int64_t expected,
-                       int64_t *version)
+                       const struct registry_msg *msgs, size_t n, const char *traceparent,
+                       int64_t *version, char entry[REGISTRY_OUTBOX_ID_MAX])
 {
     char exp[24], q[ROBOT_ID_MAX + NAME_MAX_LEN + 2];
     snprintf(exp, sizeof(exp), "%lld", (long long)expected);
@@ -588,27 +604,32 @@ static int robot_store(struct redis *r, const char *id, const cJSON *rec, int64_
     for (char *p = q; *p; p++)
         *p = (char)tolower((unsigned char)*p);
     char *json = json_print(rec, NULL);
-    const char *argv[] = {"EVAL",
-                          UPSERT_LUA,
-                          "0",
-                          id,
-                          exp,
-                          json,
-                          json_get_str(rec, "fleet"),
-                          json_get_str(rec, "status"),
-                          json_get_str(rec, "source"),
-                          q};
-    redisReply *rep = redis_command(r, (int)(sizeof(argv) / sizeof(argv[0])), argv, NULL);
+    const char *argv[10 + 3 * 2] = {"EVAL",
+                                    UPSERT_LUA,
+                                    "0",
+                                    id,
+                                    exp,
+                                    json,
+                                    json_get_str(rec, "fleet"),
+                                    json_get_str(rec, "status"),
+                                    json_get_str(rec, "source"),
+                                    q};
+    size_t argc = 10 + registry_outbox_args(msgs, n, traceparent, argv + 10, 3 * 2);
+    redisReply *rep = redis_command(r, (int)argc, argv, NULL);
     free(json);
-    return script_result(rep, version);
+    return script_result(rep, version, entry);
 }
 
-static int robot_delete(struct redis *r, const char *id, int64_t expected, int64_t *version)
+/* Deletes the robot and appends msgs to the outbox: 0, -ESTALE or -EIO. */
+static int robot_delete(struct redis *r, const char *id, int64_t expected,
+                        const struct registry_msg *msgs, size_t n, const char *traceparent,
+                        int64_t *version, char entry[REGISTRY_OUTBOX_ID_MAX])
 {
     char exp[24];
     snprintf(exp, sizeof(exp), "%lld", (long long)expected);
-    const char *argv[] = {"EVAL", DELETE_LUA, "0", id, exp};
-    return script_result(redis_command(r, 5, argv, NULL), version);
+    const char *argv[5 + 3 * 2] = {"EVAL", DELETE_LUA, "0", id, exp};
+    size_t argc = 5 + registry_outbox_args(msgs, n, traceparent, argv + 5, 3 * 2);
+    return script_result(redis_command(r, (int)argc, argv, NULL), version, entry);
 }
 
 /* ---- change events ---- */
@@ -756,7 +777,17 @@ static void write_robot(struct registry *reg, struct http_request *req, const ch
         cJSON_Delete(content);
         cJSON_Delete(cur);
         int64_t newv = 0;
-        rc = robot_store(r, id, rec, version, &newv);
+        char entry[REGISTRY_OUTBOX_ID_MAX], tp[TRACE_PARENT_LEN];
+        struct registry_msg msgs[2];
+        size_t n = robot_msgs(id, rec, false, msgs);
+        if (!msgs[0].value) {
+            cJSON_Delete(rec);
+            http_respond_problem(req, 500, NULL, "cannot build the change event; nothing written");
+            return;
+        }
+        registry_traceparent(req, tp);
+        rc = robot_store(r, id, rec, version, msgs, n, tp, &newv, entry);
+        msgs_release(msgs, n);
         if (rc == -ESTALE) {
             cJSON_Delete(rec);
             continue; /* a concurrent writer won: recompute from its record */
@@ -766,8 +797,6 @@ static void write_robot(struct registry *reg, struct http_request *req, const ch
             http_respond_problem(req, 503, NULL, "redis is unavailable; nothing was written");
             return;
         }
-        struct registry_msg msgs[2];
-        size_t n = robot_msgs(id, rec, false, msgs);
         char etag[32];
         etag_of(newv, etag, sizeof(etag));
         if (version == 0) {
@@ -778,9 +807,8 @@ static void write_robot(struct registry *reg, struct http_request *req, const ch
         registry_count_change(reg, "robot", "upserted");
         LOG_INFO("robot '%s' %s at version %lld by '%s'", id, version ? "updated" : "created",
                  (long long)newv, by);
-        registry_publish_and_respond(reg, req, msgs, n, version ? 200 : 201, json_print(rec, NULL),
-                                     etag);
-        msgs_release(msgs, n);
+        registry_respond_announced(reg, req, entry, version ? 200 : 201, json_print(rec, NULL),
+                                   etag);
         cJSON_Delete(rec);
         return;
     }
@@ -931,17 +959,7 @@ static void handle_delete(struct http_request *req, void *ud)
                                  (long long)version, (long long)if_match);
             return;
         }
-        rc = robot_delete(r, id, version, &stored);
-        if (rc == -ESTALE) {
-            cJSON_Delete(cur);
-            continue;
-        }
-        if (rc != 0) {
-            cJSON_Delete(cur);
-            http_respond_problem(req, 503, NULL, "redis is unavailable; nothing was deleted");
-            return;
-        }
-        char now[TIME_RFC3339_LEN];
+        char now[TIME_RFC3339_LEN], entry[REGISTRY_OUTBOX_ID_MAX], tp[TRACE_PARENT_LEN];
         time_format_rfc3339(time_now_ms(), now, sizeof(now));
         cJSON_ReplaceItemInObjectCaseSensitive(cur, "updated_at", cJSON_CreateString(now));
         cJSON_ReplaceItemInObjectCaseSensitive(cur, "updated_by",
@@ -949,11 +967,23 @@ static void handle_delete(struct http_request *req, void *ud)
         cJSON_AddBoolToObject(cur, "deleted", true);
         struct registry_msg msgs[2];
         size_t n = robot_msgs(id, cur, true, msgs);
+        cJSON_Delete(cur);
+        if (!msgs[0].value) {
+            http_respond_problem(req, 500, NULL, "cannot build the change event; nothing deleted");
+            return;
+        }
+        registry_traceparent(req, tp);
+        rc = robot_delete(r, id, version, msgs, n, tp, &stored, entry);
+        msgs_release(msgs, n);
+        if (rc == -ESTALE)
+            continue;
+        if (rc != 0) {
+            http_respond_problem(req, 503, NULL, "redis is unavailable; nothing was deleted");
+            return;
+        }
         registry_count_change(reg, "robot", "deleted");
         LOG_INFO("robot '%s' deleted by '%s'", id, registry_identity(req));
-        registry_publish_and_respond(reg, req, msgs, n, 204, NULL, NULL);
-        msgs_release(msgs, n);
-        cJSON_Delete(cur);
+        registry_respond_announced(reg, req, entry, 204, NULL, NULL);
         return;
     }
     http_respond_problem(req, 409, "id", "the robot kept changing concurrently; retry");
@@ -1101,8 +1131,15 @@ static cJSON *vendor_content(const cJSON *current, const cJSON *vr, const char *
     return out;
 }
 
+/* Robots stored by a sync whose events the outbox has not announced yet. */
+struct sync_batch {
+    size_t n;
+    char last[REGISTRY_OUTBOX_ID_MAX];
+    char tp[TRACE_PARENT_LEN];
+};
+
 static int sync_one(struct redis *r, const char *source, const cJSON *vr, const char *by,
-                    struct robot_sync_counts *c, cJSON *records)
+                    struct robot_sync_counts *c, struct sync_batch *batch)
 {
     const char *id = json_get_str(vr, "id");
     if (!robot_id_valid(id)) {
@@ -1135,69 +1172,59 @@ static int sync_one(struct redis *r, const char *source, const cJSON *vr, const 
                 return 0;
             }
         }
-        char now[TIME_RFC3339_LEN];
+        char now[TIME_RFC3339_LEN], entry[REGISTRY_OUTBOX_ID_MAX];
         time_format_rfc3339(time_now_ms(), now, sizeof(now));
         cJSON *rec = record_build(id, content, version + 1,
                                   cur ? json_get_str(cur, "created_at") : NULL, now, by);
         cJSON_Delete(content);
         cJSON_Delete(cur);
-        rc = robot_store(r, id, rec, version, &newv);
-        if (rc == -ESTALE) {
-            cJSON_Delete(rec);
+        struct registry_msg msgs[2];
+        size_t n = robot_msgs(id, rec, false, msgs);
+        rc = msgs[0].value ? robot_store(r, id, rec, version, msgs, n, batch->tp, &newv, entry)
+                           : -EIO;
+        msgs_release(msgs, n);
+        cJSON_Delete(rec);
+        if (rc == -ESTALE)
             continue;
-        }
-        if (rc != 0) {
-            cJSON_Delete(rec);
+        if (rc != 0)
             return -EIO;
-        }
         if (version)
             c->updated++;
         else
             c->added++;
-        cJSON_AddItemToArray(records, rec);
+        batch->n++;
+        str_copy(batch->last, entry, sizeof(batch->last));
         return 0;
     }
     return -EIO;
 }
 
-static int sync_flush(struct registry *reg, cJSON *records)
+/* Waits until the outbox announced the batch (its last entry): 0 or -EPIPE. */
+static int sync_flush(struct registry *reg, struct sync_batch *batch)
 {
-    int n = cJSON_GetArraySize(records);
-    if (n == 0)
+    if (batch->n == 0)
         return 0;
-    struct registry_msg *msgs = xcalloc((size_t)n, sizeof(*msgs));
-    int i = 0;
-    const cJSON *rec;
-    cJSON_ArrayForEach(rec, records)
-    {
-        msgs[i].key = json_get_str(rec, "id");
-        msgs[i].value = registry_event("robot.upserted", msgs[i].key, rec, &msgs[i].len);
-        i++;
+    for (size_t i = 0; i < batch->n; i++)
         registry_count_change(reg, "robot", "upserted");
-    }
-    int rc = registry_publish_wait(reg, msgs, (size_t)n);
-    msgs_release(msgs, (size_t)n);
-    free(msgs);
-    while (cJSON_GetArraySize(records) > 0)
-        cJSON_DeleteItemFromArray(records, 0);
-    return rc;
+    batch->n = 0;
+    return registry_wait_announced(reg, batch->last);
 }
 
 int robots_sync_apply(struct registry *reg, const char *source, const cJSON *vendor_robots,
                       const char *updated_by, struct robot_sync_counts *counts)
 {
     struct redis *r = registry_redis(reg);
-    cJSON *records = cJSON_CreateArray();
+    struct sync_batch batch = {0};
+    registry_traceparent(NULL, batch.tp);
     const cJSON *vr;
     int rc = 0;
     cJSON_ArrayForEach(vr, vendor_robots)
     {
-        if ((rc = sync_one(r, source, vr, updated_by, counts, records)) != 0)
+        if ((rc = sync_one(r, source, vr, updated_by, counts, &batch)) != 0)
             break;
-        if (cJSON_GetArraySize(records) >= SYNC_BATCH && (rc = sync_flush(reg, records)) != 0)
+        if (batch.n >= SYNC_BATCH && (rc = sync_flush(reg, &batch)) != 0)
             break;
     }
-    int frc = sync_flush(reg, records);
-    cJSON_Delete(records);
+    int frc = sync_flush(reg, &batch);
     return rc ? rc : frc;
 }

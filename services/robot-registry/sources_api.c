@@ -151,32 +151,71 @@ static void secrets_prepend(struct source *s, struct source_secret sec, int64_t 
     s->nsecrets = keep;
 }
 
-/* Produces source.updated (or .deleted) with the public view, then answers. */
-static void publish_source(struct registry *reg, struct http_request *req, const char *id,
-                           const char *type, const cJSON *view, unsigned status, char *body)
+/*
+ * The outbox entry of a source event (key = source id) into fields[6]; the
+ * event is yours to free. NULL when it cannot be built.
+ */
+static char *source_event(struct http_request *req, const char *id, const char *type,
+                          const cJSON *view, char tp[TRACE_PARENT_LEN], const char *fields[6])
 {
-    struct registry_msg msg = {.key = id};
-    msg.value = registry_event(type, id, view, &msg.len);
-    registry_count_change(reg, "source",
-                          strcmp(type, "source.deleted") == 0 ? "deleted" : "updated");
-    registry_publish_and_respond(reg, req, &msg, 1, status, body, NULL);
-    free(msg.value);
+    size_t len = 0;
+    char *ev = registry_event(type, id, view, &len);
+    registry_traceparent(req, tp);
+    fields[0] = "key";
+    fields[1] = id;
+    fields[2] = "value";
+    fields[3] = ev;
+    fields[4] = "traceparent";
+    fields[5] = tp;
+    return ev;
 }
 
-/* Stores s and answers with its view (plus extra members of `extra`, moved in). 0 if stored. */
+/*
+ * Stores s together with its source.updated event (one script, so the event
+ * cannot be lost) and answers with its view (plus the members of `extra`,
+ * moved in) once the event is announced. 0 if stored.
+ */
 static int store_and_respond(struct registry *reg, struct http_request *req, struct source *s,
                              int64_t expected, const char *webhook_id, unsigned status,
                              cJSON *extra, const char *by)
 {
     struct redis *r = registry_redis(reg);
+    struct source_meta m;
+    if (meta_load(r, s->id, &m) != 0) {
+        cJSON_Delete(extra);
+        http_respond_problem(req, 503, NULL, "redis is unavailable; nothing was written");
+        return -EIO;
+    }
+    /* The view as the write leaves it, computed first so the script can store its event. */
+    int64_t now = time_now_ms();
+    char now_s[TIME_RFC3339_LEN];
+    time_format_rfc3339(now, now_s, sizeof(now_s));
+    if (!m.created_at[0] || expected == 0)
+        str_copy(m.created_at, now_s, sizeof(m.created_at));
+    str_copy(m.updated_at, now_s, sizeof(m.updated_at));
+    str_copy(m.updated_by, by ? by : "", sizeof(m.updated_by));
+    if (webhook_id)
+        str_copy(m.webhook_id, webhook_id, sizeof(m.webhook_id));
+    int64_t prev_version = s->version;
+    s->version = expected + 1;
+    cJSON *view = source_view(s, &m);
+    s->version = prev_version;
+
+    char tp[TRACE_PARENT_LEN];
+    const char *fields[6];
+    char *ev = source_event(req, s->id, "source.updated", view, tp, fields);
+    struct source_outbox ob = {.stream = REGISTRY_OUTBOX_KEY, .fields = fields, .nfields = 6};
     struct source_store_opts o = {.expected_version = expected,
                                   .updated_by = by,
                                   .webhook_id = webhook_id,
-                                  .now_ms = time_now_ms()};
+                                  .now_ms = now,
+                                  .outbox = &ob};
     int64_t v = 0;
-    int rc = sources_store(r, registry_keyring(reg), s, &o, &v);
+    int rc = ev ? sources_store(r, registry_keyring(reg), s, &o, &v) : -EIO;
+    free(ev);
     if (rc == -ESTALE) {
         cJSON_Delete(extra);
+        cJSON_Delete(view);
         http_respond_problem(req, 412, "If-Match",
                              "the source is at version %lld, not %lld; fetch it again",
                              (long long)v, (long long)expected);
@@ -184,21 +223,13 @@ static int store_and_respond(struct registry *reg, struct http_request *req, str
     }
     if (rc != 0) {
         cJSON_Delete(extra);
+        cJSON_Delete(view);
         http_respond_problem(req, 503, NULL, "redis is unavailable; nothing was written");
         return rc;
     }
-    struct source_meta m;
-    struct source *stored = NULL;
-    if (meta_load(r, s->id, &m) != 0 ||
-        sources_load(r, registry_keyring(reg), s->id, &stored) != 0) {
-        cJSON_Delete(extra);
-        http_respond_problem(req, 503, NULL, "redis is unavailable after the write");
-        return 0;
-    }
-    cJSON *view = source_view(stored, &m);
-    source_free(stored);
     LOG_INFO("source '%s' stored at version %lld by '%s'", s->id, (long long)v, by);
-    cJSON *resp = cJSON_Duplicate(view, true);
+    registry_count_change(reg, "source", "updated");
+    cJSON *resp = view;
     if (extra) {
         cJSON *it = extra->child;
         while (it) {
@@ -214,8 +245,7 @@ static int store_and_respond(struct registry *reg, struct http_request *req, str
     if (sec)
         OPENSSL_cleanse((void *)sec, strlen(sec));
     cJSON_Delete(resp);
-    publish_source(reg, req, s->id, "source.updated", view, status, body);
-    cJSON_Delete(view);
+    registry_respond_announced(reg, req, ob.id, status, body, NULL);
     return 0;
 }
 
@@ -424,7 +454,17 @@ static void handle_delete(struct http_request *req, void *ud)
     const char *id;
     if (!source_path_id(req, &id))
         return;
-    int rc = sources_delete(registry_redis(reg), id);
+    cJSON *view = cJSON_CreateObject();
+    cJSON_AddStringToObject(view, "id", id);
+    cJSON_AddBoolToObject(view, "deleted", true);
+    cJSON_AddStringToObject(view, "updated_by", registry_identity(req));
+    char tp[TRACE_PARENT_LEN];
+    const char *fields[6];
+    char *ev = source_event(req, id, "source.deleted", view, tp, fields);
+    cJSON_Delete(view);
+    struct source_outbox ob = {.stream = REGISTRY_OUTBOX_KEY, .fields = fields, .nfields = 6};
+    int rc = ev ? sources_delete_outbox(registry_redis(reg), id, &ob) : -EIO;
+    free(ev);
     if (rc == -ENOENT) {
         http_respond_problem(req, 404, "id", "no vendor source with this id");
         return;
@@ -434,12 +474,8 @@ static void handle_delete(struct http_request *req, void *ud)
         return;
     }
     LOG_INFO("source '%s' deleted by '%s'", id, registry_identity(req));
-    cJSON *view = cJSON_CreateObject();
-    cJSON_AddStringToObject(view, "id", id);
-    cJSON_AddBoolToObject(view, "deleted", true);
-    cJSON_AddStringToObject(view, "updated_by", registry_identity(req));
-    publish_source(reg, req, id, "source.deleted", view, 204, NULL);
-    cJSON_Delete(view);
+    registry_count_change(reg, "source", "deleted");
+    registry_respond_announced(reg, req, ob.id, 204, NULL, NULL);
 }
 
 /* POST /v1/sources/{id}/secrets:rotate: a new secret first, the old ones expire after grace. */

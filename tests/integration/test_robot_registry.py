@@ -10,6 +10,7 @@ import base64
 import concurrent.futures
 import json
 import os
+import subprocess
 import threading
 import time
 import uuid
@@ -537,3 +538,128 @@ def test_sync_failures_write_nothing_and_updates_count(registry, vendor, infra):
     for ce in mine:
         jsonschema.validate(ce["data"], SCHEMA)
     assert mine[0]["data"]["updated_by"] == "sync-bot"
+
+
+# ---- outbox: no change lost when Kafka does not acknowledge it -------------------
+
+OUTBOX = "registry:outbox"
+
+
+@pytest.fixture
+def private_kafka(tmp_path):
+    """A broker of its own that the test stops and restarts (data kept)."""
+    env = dict(os.environ, RUN_DIR=str(tmp_path / "kafka-run"), KAFKA_KEEP_DATA="1")
+    script = str(ROOT / "scripts" / "kafka-local.sh")
+    out = subprocess.run([script, "start"], env=env, capture_output=True, text=True, check=True)
+    bootstrap = out.stdout.strip().splitlines()[-1].split("=", 1)[1]
+
+    class Broker:
+        def stop(self):
+            subprocess.run([script, "stop"], env=env, check=True)
+
+        def start(self):
+            subprocess.run([script, "start"], env=env, check=True, capture_output=True)
+    b = Broker()
+    b.bootstrap = bootstrap
+    yield b
+    b.stop()
+
+
+def private_redis(infra, db):
+    """The shared Redis server, another database: this test's outbox and lease alone."""
+    url = infra["REDIS_URL"].rsplit("/", 1)[0] + f"/{db}"
+    red = redislib.Redis.from_url(url)
+    red.flushdb()
+    return url, red
+
+
+def outbox_config(tmp_path):
+    return write_config(tmp_path, publish_wait_ms=1500, outbox_lease_ms=2000, outbox_poll_ms=50)
+
+
+def events_for(bootstrap, key, until, timeout=60):
+    """Every robot.registry.v1 message of key from the start of the topic."""
+    tail = RegistryTail(bootstrap)
+    tail.c.assign([TopicPartition(TOPIC, p, 0) for p in range(12)])
+    msgs = tail.collect(lambda ms: until([m for m in ms if m.key() == key.encode()]), timeout)
+    tail.close()
+    return [m for m in msgs if m.key() == key.encode()]
+
+
+def stored_record(svc, r):
+    s, _, got = jreq(svc, "GET", f"/v1/robots/{r}")
+    assert s == 200, got
+    got.pop("state", None)
+    return got
+
+
+def has_version(v):
+    return lambda ms: any(m.value() and json.loads(m.value())["data"]["version"] == v for m in ms)
+
+
+def test_change_while_broker_down_is_announced_when_it_is_back(service, infra, tmp_path,
+                                                                private_kafka):
+    url, red = private_redis(infra, 9)
+    env = {"KAFKA_BOOTSTRAP_SERVERS": private_kafka.bootstrap, "REDIS_URL": url}
+    svc = service("robot-registry", env=env, config=outbox_config(tmp_path)).wait_ready()
+    r = rid("down")
+    s, _, doc = jreq(svc, "PUT", f"/v1/robots/{r}", robot_doc())
+    assert s == 201, doc
+    wait_for(lambda: red.xlen(OUTBOX) == 0, 20, "first event relayed")
+
+    private_kafka.stop()
+    s, h, p = jreq(svc, "PATCH", f"/v1/robots/{r}", {"name": "changed while down"})
+    assert s == 503 and int(h["Retry-After"]) > 0, p
+    assert "outbox" in p["detail"]
+    stored = stored_record(svc, r)
+    assert stored["version"] == 2 and stored["name"] == "changed while down"
+    entries = red.xrange(OUTBOX)
+    assert len(entries) == 1 and entries[0][1][b"key"] == r.encode()
+    assert json.loads(entries[0][1][b"value"])["data"] == stored
+    # repeating the request is a no-op (same content), yet the event is not lost
+    s, _, again = jreq(svc, "PATCH", f"/v1/robots/{r}", {"name": "changed while down"})
+    assert s == 200 and again["version"] == 2
+
+    private_kafka.start()
+    mine = events_for(private_kafka.bootstrap, r, has_version(2), timeout=90)
+    ces = [validate_event(m.value()) for m in mine]
+    assert [c["data"]["version"] for c in ces][:2] == [1, 2], [c["data"] for c in ces]
+    assert ces[-1]["data"] == stored  # exactly as stored
+    assert "traceparent" in dict(mine[-1].headers())
+    wait_for(lambda: red.xlen(OUTBOX) == 0, 20, "outbox drained after the broker came back")
+    assert svc.stop() == 0
+
+
+def test_kill_9_after_the_write_loses_no_event(service, infra, tmp_path):
+    url, red = private_redis(infra, 10)
+    cfg = outbox_config(tmp_path)
+    env = {"REDIS_URL": url}
+    # another replica holds the relay lease: this one stores but cannot produce yet
+    red.set(OUTBOX + ":lease", "another-replica", px=4000)
+    tail = RegistryTail(infra["KAFKA_BOOTSTRAP_SERVERS"])
+    svc = service("robot-registry", env=env, config=cfg).wait_ready()
+    r = rid("kill")
+    s, _, p = jreq(svc, "PUT", f"/v1/robots/{r}", robot_doc(name="before the crash"))
+    assert s == 503, p
+    assert [e[1][b"key"] for e in red.xrange(OUTBOX)] == [r.encode()]
+    svc.proc.kill()  # SIGKILL: nothing flushed, nothing released
+    svc.proc.wait()
+    assert red.xlen(OUTBOX) == 1
+    tail.collect(lambda ms: False, timeout=1)
+    assert not tail.for_key(r)  # the relay of this replica never held the lease
+
+    again = service("robot-registry", env=env, config=cfg).wait_ready()
+    tail.collect(lambda ms: len(tail.for_key(r)) >= 1, timeout=60)
+    mine = tail.for_key(r)
+    tail.close()
+    assert len(mine) == 1, [m.value() for m in mine]
+    ce = validate_event(mine[0].value())
+    assert ce["type"] == "robot.upserted" and ce["data"] == stored_record(again, r)
+    wait_for(lambda: red.xlen(OUTBOX) == 0, 20, "outbox drained")
+    # a source change goes through the same outbox
+    src = "o-" + uuid.uuid4().hex[:8]
+    s, _, doc = jreq(again, "PUT", f"/v1/sources/{src}",
+                     {"base_url": "http://127.0.0.1:9", "api_token": "t"})
+    assert s == 201, doc
+    assert red.xlen(OUTBOX) == 0
+    assert again.stop() == 0

@@ -284,6 +284,44 @@ static void test_store_round_trip_and_version_check(void **state)
     freeReplyObject(m);
 }
 
+/* The outbox entry is written with the change, and only when the change is made. */
+static void test_store_and_delete_append_outbox_entry(void **state)
+{
+    (void)state;
+    char id[48], stream[96];
+    snprintf(id, sizeof(id), "%s-outbox", prefix);
+    snprintf(stream, sizeof(stream), "%s-outbox-stream", prefix);
+    del_source(id);
+    redisReply *d = redis_cmd(rds, "DEL", stream, (char *)NULL);
+    freeReplyObject(d);
+    struct source src = {.id = id, .base_url = "http://vendor.test", .api_token = "t"};
+    const char *fields[] = {"key", id, "value", "{\"v\":1}"};
+    struct source_outbox ob = {.stream = stream, .fields = fields, .nfields = 4};
+    struct source_store_opts o = {.expected_version = 0, .now_ms = time_now_ms(), .outbox = &ob};
+    int64_t v = 0;
+    assert_int_equal(sources_store(rds, ring, &src, &o, &v), 0);
+    assert_int_equal(v, 1);
+    assert_true(strchr(ob.id, '-') != NULL);
+    /* refused (stale version): no entry */
+    assert_int_equal(sources_store(rds, ring, &src, &o, &v), -ESTALE);
+    redisReply *n = redis_cmd(rds, "XLEN", stream, (char *)NULL);
+    assert_int_equal(n->integer, 1);
+    freeReplyObject(n);
+    redisReply *e = redis_cmd(rds, "XRANGE", stream, "-", "+", (char *)NULL);
+    assert_int_equal(e->elements, 1);
+    assert_string_equal(e->element[0]->element[0]->str, ob.id);
+    assert_string_equal(e->element[0]->element[1]->element[3]->str, "{\"v\":1}");
+    freeReplyObject(e);
+
+    assert_int_equal(sources_delete_outbox(rds, id, &ob), 0);
+    assert_int_equal(sources_delete_outbox(rds, id, &ob), -ENOENT);
+    n = redis_cmd(rds, "XLEN", stream, (char *)NULL);
+    assert_int_equal(n->integer, 2);
+    freeReplyObject(n);
+    d = redis_cmd(rds, "DEL", stream, (char *)NULL);
+    freeReplyObject(d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -293,6 +331,7 @@ int main(void)
         cmocka_unit_test(test_cache_negative_ttl_invalidate_and_refresh),
         cmocka_unit_test(test_ids_and_schemes),
         cmocka_unit_test(test_store_round_trip_and_version_check),
+        cmocka_unit_test(test_store_and_delete_append_outbox_entry),
     };
     return cmocka_run_group_tests_name("sources", tests, setup, teardown);
 }
