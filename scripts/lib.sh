@@ -38,12 +38,13 @@ stop_pidfile() {
   local f=$1 secs=${2:-10} pid i
   pid_alive "$f" || { rm -f "$f"; return 0; }
   pid=$(cat "$f")
-  kill -TERM "$pid" 2>/dev/null
+  # The process may exit between the check and the signal: that is success.
+  kill -TERM "$pid" 2>/dev/null || true
   for ((i = 0; i < secs * 10; i++)); do
     kill -0 "$pid" 2>/dev/null || { rm -f "$f"; return 0; }
     sleep 0.1
   done
-  kill -KILL "$pid" 2>/dev/null
+  kill -KILL "$pid" 2>/dev/null || true
   rm -f "$f"
 }
 

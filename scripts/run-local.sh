@@ -48,6 +48,7 @@ stopping=0
 cleanup() {
   [ "$stopping" = 1 ] && return
   stopping=1
+  set +e # stop everything we can, whatever fails on the way
   echo "stopping..."
   stop_pidfile "$PID_DIR/robot-sim.pid" 10
   for s in "${SERVICES[@]}"; do
