@@ -79,9 +79,9 @@ if [ "$UNIT_ONLY" = 0 ]; then
 fi
 
 if [ "$UNIT_ONLY" = 0 ]; then
-  echo "== integration tests"
+  echo "== integration and end-to-end tests"
   junit=$LOGS/integration.xml
-  args=(-q -p no:cacheprovider --junitxml="$junit" tests/integration)
+  args=(-q -p no:cacheprovider --junitxml="$junit" tests/integration tests/e2e)
   [ -n "$PYTEST_K" ] && args+=(-k "$PYTEST_K")
   /usr/bin/python3 -m pytest "${args[@]}" 2>&1 | tee "$LOGS/integration.log" | tail -n 40
   if [ -f "$junit" ]; then

@@ -1,0 +1,9 @@
+"""The end-to-end tests use the integration fixtures (infra, service). pytest
+imports both directories' conftest.py as module "conftest", the later one
+replacing the earlier in sys.modules, and the integration tests do `from
+conftest import ...`: so this module re-exports every name of the integration
+conftest (the very same objects, see e2e_support.py) and adds none of its own."""
+
+from e2e_support import ic
+
+globals().update({k: v for k, v in vars(ic).items() if not k.startswith("__")})
