@@ -953,11 +953,11 @@ static int topics_result(rd_kafka_event_t *ev, char *errbuf, size_t errsize)
 }
 
 /*
- * Fills todo with the specs whose topic the cluster does not know (every spec
+ * Fills missing with the specs whose topic the cluster does not know (every spec
  * when metadata cannot be read, so CreateTopics reports the real error).
  */
 static size_t missing_topics(rd_kafka_t *rk, const struct kafka_topic_spec *topics, size_t ntopics,
-                             int timeout_ms, const struct kafka_topic_spec **todo)
+                             int timeout_ms, const struct kafka_topic_spec **missing)
 {
     const struct rd_kafka_metadata *md = NULL;
     size_t n = 0;
@@ -968,7 +968,7 @@ static size_t missing_topics(rd_kafka_t *rk, const struct kafka_topic_spec *topi
             found = md->topics[j].err == RD_KAFKA_RESP_ERR_NO_ERROR &&
                     strcmp(md->topics[j].topic, topics[i].name) == 0;
         if (!found)
-            todo[n++] = &topics[i];
+            missing[n++] = &topics[i];
     }
     if (md)
         rd_kafka_metadata_destroy(md);
@@ -1010,16 +1010,16 @@ int kafka_ensure_topics(const char *bootstrap, const struct kafka_prop *props, s
      * (topics exist) then needs no admin rights, and brokers without the
      * CreateTopics API (librdkafka's mock cluster) work when topics exist.
      */
-    const struct kafka_topic_spec **todo = xcalloc(ntopics, sizeof(*todo));
-    size_t ntodo = missing_topics(rk, topics, ntopics, timeout_ms, todo);
+    const struct kafka_topic_spec **missing = xcalloc(ntopics, sizeof(*missing));
+    size_t ntodo = missing_topics(rk, topics, ntopics, timeout_ms, missing);
     if (ntodo == 0) {
-        free(todo);
+        free(missing);
         rd_kafka_destroy(rk);
         return 0;
     }
     newt = xcalloc(ntodo, sizeof(*newt));
     for (made = 0; made < ntodo; made++) {
-        const struct kafka_topic_spec *t = todo[made];
+        const struct kafka_topic_spec *t = missing[made];
 
         /* -1 leaves the partition count or replication factor to the broker. */
         newt[made] = t->name
@@ -1068,7 +1068,7 @@ out_topics:
     for (i = 0; i < made; i++)
         rd_kafka_NewTopic_destroy(newt[i]);
     free(newt);
-    free(todo);
+    free(missing);
     rd_kafka_destroy(rk);
     return rc;
 }
