@@ -7,9 +7,12 @@ tests/integration and tests/e2e collect together."""
 import importlib.util
 import json
 import pathlib
+import signal
+import subprocess
 import sys
 import time
 import uuid
+from datetime import datetime
 
 import yaml
 from confluent_kafka import Consumer
@@ -34,6 +37,113 @@ ic = _integration_conftest()
 ROOT, BIN, http, wait_for, free_port = ic.ROOT, ic.BIN, ic.http, ic.wait_for, ic.free_port
 JSONH = {"Content-Type": "application/json"}
 STATUS_TOPIC = "robot.command-status.v1"
+SERVICES = ("webhook-ingest", "robot-registry", "reboot-command", "config-center", "stream-processor")
+AUTOMATION_ACTOR = {"X-Consumer-Username": "e2e"}
+
+
+def ts(iso):
+    """RFC 3339 -> epoch seconds."""
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def start_platform(service, tmp_path, sp_config=None, reboot_config=None, env=None):
+    """The five services on free ports with short thresholds; returns name -> process.
+    sp_config / reboot_config are dotted-key overrides of the services' example
+    configs; env is added to every service's environment. Consumer groups are
+    unique to the call, so a run never inherits another run's offsets."""
+    tag = uuid.uuid4().hex[:8]
+    cache = dict(env or {}, CONFIG_CACHE_DIR=str(tmp_path / "config-cache"))
+    rc_cfg = {"reboot.ack_timeout_s": 30, "reboot.completion_timeout_s": 60,
+              "reboot.fleet_max_concurrent": 1000000, "reboot.abort_min_count": 1000000}
+    rc_cfg.update(reboot_config or {})
+    sp_cfg = {"stream.offline_after_s": 4, "stream.reboot_grace_s": 600}
+    sp_cfg.update(sp_config or {})
+    ingest = service("webhook-ingest", env=cache)
+    registry = service("robot-registry", env=cache, config=write_config(tmp_path, "robot-registry", {
+        "registry.public_ingest_url": f"http://127.0.0.1:{ingest.port}/v1/webhooks/{{source}}"}))
+    reboot = service("reboot-command", env=dict(cache, REBOOT_CONSUMER_GROUP="e2e-rc-" + tag),
+                     config=write_config(tmp_path, "reboot-command", rc_cfg))
+    center = service("config-center", env=cache)
+    sp = service("stream-processor",
+                 env=dict(cache, STREAM_GROUP_ID="e2e-sp-" + tag, STREAM_INSTANCE_ID="e2e-" + tag),
+                 config=write_config(tmp_path, "stream-processor", sp_cfg))
+    procs = dict(zip(SERVICES, (ingest, registry, reboot, center, sp)))
+    for p in procs.values():
+        p.wait_ready(timeout=60)
+    return procs
+
+
+class Sim:
+    """A robot-sim process (the vendor platform) on a free port. args are extra
+    command-line options, e.g. ["--silent", "3@5"]; robot ids are prefix00001..
+    Defaults: heartbeats every 500 ms, 2 s of silence after a reboot, no random
+    status changes or faults (scenarios script them)."""
+
+    def __init__(self, tmp_path, prefix, robots, fleets=2, args=()):
+        self.port = free_port()
+        self.token = "tok-" + uuid.uuid4().hex
+        self.prefix = prefix
+        self.robots = robots
+        self.log = open(tmp_path / f"robot-sim-{self.port}.log", "wb")
+        self.started = time.time()
+        self.proc = subprocess.Popen(
+            [str(BIN / "robot-sim"), "--port", str(self.port), "--token", self.token,
+             "--id-prefix", prefix, "--robots", str(robots), "--fleets", str(fleets),
+             "--heartbeat-ms", "500", "--reboot-ms", "2000", "--status-prob", "0",
+             "--fault-prob", "0", *args],
+            stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.url = f"http://127.0.0.1:{self.port}"
+        wait_for(lambda: self.proc.poll() is None and http("GET", self.url + "/healthz", timeout=2)[0] == 200,
+                 20, "robot-sim /healthz")
+
+    def rid(self, n):
+        return f"{self.prefix}{n:05d}"
+
+    def stats(self):
+        s, _, b = http("GET", self.url + "/sim/stats")
+        assert s == 200
+        return json.loads(b)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+def commands_sent(stats):
+    """robot id -> counts of reboot commands the simulator received for it."""
+    return {rid: c for rid, c in stats["commands"]["by_robot"].items() if c["soft"] + c["hard"] > 0}
+
+
+def resume_automation(reboot):
+    """A paused automation switch left in the shared Redis would stop every automatic reboot."""
+    s, auto = jcall(reboot, "GET", "/v1/automation")
+    assert s == 200, auto
+    if auto.get("state") == "paused":
+        assert jcall(reboot, "POST", "/v1/automation/resume", headers=AUTOMATION_ACTOR)[0] == 200
+
+
+def register_fleet(registry, sim, policy=None):
+    """Registers the simulator as a source through robot-registry (webhook
+    registration + robot sync) and sets every robot's reboot policy; returns the
+    source id."""
+    src = "e2e-" + uuid.uuid4().hex[:8]
+    s, doc = jcall(registry, "PUT", f"/v1/sources/{src}", {"base_url": sim.url, "api_token": sim.token})
+    assert s == 201, doc
+    s, doc = jcall(registry, "POST", f"/v1/sources/{src}/webhook-registration")
+    assert s == 201, doc
+    s, doc = jcall(registry, "POST", f"/v1/sources/{src}/sync")
+    assert s == 200 and doc["total"] == sim.robots, doc
+    for i in range(1, sim.robots + 1):
+        s, doc = jcall(registry, "PATCH", f"/v1/robots/{sim.rid(i)}",
+                       {"policy": policy or {"auto_reboot": True, "modes": ["soft", "hard"]}})
+        assert s == 200, doc
+    return src
 
 
 def write_config(tmp_path, name, overrides):
@@ -80,6 +190,51 @@ class StatusReader:
         for d in self.by_robot.get(robot_id, []):
             out.setdefault(d["command_id"], []).append(d)
         return out
+
+    def close(self):
+        self.c.close()
+
+
+class EventCounter:
+    """robot.events.v1 from the offsets it had when created: counts the CloudEvents
+    of robots whose id starts with a prefix, by type, and the ids seen more than once."""
+
+    TOPIC = "robot.events.v1"
+
+    def __init__(self, bootstrap):
+        from confluent_kafka import TopicPartition
+
+        self._tp = TopicPartition
+        self.c = Consumer({"bootstrap.servers": bootstrap, "group.id": "e2e-count-" + uuid.uuid4().hex,
+                           "enable.auto.commit": False, "isolation.level": "read_committed"})
+        md = self.c.list_topics(self.TOPIC, timeout=10)
+        self.start = {}
+        for p in md.topics[self.TOPIC].partitions:
+            lo, hi = self.c.get_watermark_offsets(TopicPartition(self.TOPIC, p), timeout=10)
+            self.start[p] = hi
+
+    def count(self, prefix, timeout=30):
+        """Reads everything up to the current end; returns (ids -> times seen, type -> count)."""
+        ends = {p: self.c.get_watermark_offsets(self._tp(self.TOPIC, p), timeout=10)[1] for p in self.start}
+        todo = {p for p in self.start if ends[p] > self.start[p]}
+        self.c.assign([self._tp(self.TOPIC, p, self.start[p]) for p in todo])
+        ids, types = {}, {}
+        deadline = time.monotonic() + timeout
+        while todo and time.monotonic() < deadline:
+            m = self.c.poll(0.2)
+            if m is None or m.error():
+                continue
+            if m.offset() + 1 >= ends[m.partition()]:
+                todo.discard(m.partition())
+            key = (m.key() or b"").decode()
+            if not key.startswith(prefix):
+                continue
+            ev = json.loads(m.value())
+            ids[ev["id"]] = ids.get(ev["id"], 0) + 1
+            types[ev["type"]] = types.get(ev["type"], 0) + 1
+        assert not todo, f"robot.events.v1 partitions {sorted(todo)} not read to their end in {timeout}s"
+        self.c.unassign()
+        return ids, types
 
     def close(self):
         self.c.close()
