@@ -175,3 +175,23 @@ def service(infra, tmp_path):
         if p.proc.poll() is None:
             p.proc.kill()
             p.proc.wait()
+
+
+@pytest.fixture
+def private_kafka(tmp_path):
+    """A broker of its own that the test may stop and restart (data kept)."""
+    env = dict(os.environ, RUN_DIR=str(tmp_path / "kafka-run"), KAFKA_KEEP_DATA="1")
+    script = str(ROOT / "scripts" / "kafka-local.sh")
+    out = subprocess.run([script, "start"], env=env, capture_output=True, text=True, check=True)
+    bootstrap = out.stdout.strip().splitlines()[-1].split("=", 1)[1]
+
+    class Broker:
+        def stop(self):
+            subprocess.run([script, "stop"], env=env, check=True)
+
+        def start(self):
+            subprocess.run([script, "start"], env=env, check=True, capture_output=True)
+    b = Broker()
+    b.bootstrap = bootstrap
+    yield b
+    b.stop()

@@ -385,26 +385,6 @@ def test_sigterm_under_load_answers_in_flight_and_exits_0(service, infra):
     assert svc.log_records()[-1]["message"] == "stopped"
 
 
-@pytest.fixture
-def private_kafka(tmp_path):
-    """A broker of its own that the test may stop and restart (data kept)."""
-    env = dict(os.environ, RUN_DIR=str(tmp_path / "kafka-run"), KAFKA_KEEP_DATA="1")
-    script = str(ROOT / "scripts" / "kafka-local.sh")
-    out = subprocess.run([script, "start"], env=env, capture_output=True, text=True, check=True)
-    bootstrap = out.stdout.strip().splitlines()[-1].split("=", 1)[1]
-
-    class Broker:
-        def stop(self):
-            subprocess.run([script, "stop"], env=env, check=True)
-
-        def start(self):
-            subprocess.run([script, "start"], env=env, check=True, capture_output=True)
-    b = Broker()
-    b.bootstrap = bootstrap
-    yield b
-    b.stop()
-
-
 def test_broker_down_gives_503_and_retries_land_exactly_once(service, infra, private_kafka):
     src, secret = unique_source(), new_secret()
     register_source(infra["REDIS_URL"], src, [secret])

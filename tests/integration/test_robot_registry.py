@@ -545,26 +545,6 @@ def test_sync_failures_write_nothing_and_updates_count(registry, vendor, infra):
 OUTBOX = "registry:outbox"
 
 
-@pytest.fixture
-def private_kafka(tmp_path):
-    """A broker of its own that the test stops and restarts (data kept)."""
-    env = dict(os.environ, RUN_DIR=str(tmp_path / "kafka-run"), KAFKA_KEEP_DATA="1")
-    script = str(ROOT / "scripts" / "kafka-local.sh")
-    out = subprocess.run([script, "start"], env=env, capture_output=True, text=True, check=True)
-    bootstrap = out.stdout.strip().splitlines()[-1].split("=", 1)[1]
-
-    class Broker:
-        def stop(self):
-            subprocess.run([script, "stop"], env=env, check=True)
-
-        def start(self):
-            subprocess.run([script, "start"], env=env, check=True, capture_output=True)
-    b = Broker()
-    b.bootstrap = bootstrap
-    yield b
-    b.stop()
-
-
 def private_redis(infra, db):
     """The shared Redis server, another database: this test's outbox and lease alone."""
     url = infra["REDIS_URL"].rsplit("/", 1)[0] + f"/{db}"
