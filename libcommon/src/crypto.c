@@ -264,14 +264,46 @@ int crypto_uuid_v7(char out[CRYPTO_UUID_LEN])
     return 0;
 }
 
+/*
+ * One AES-256-GCM pass over len bytes, encrypting (enc = 1: the tag is written
+ * out) or decrypting (enc = 0: the tag is checked; -EBADMSG when it does not
+ * match). Lengths are checked by the callers to fit an int.
+ */
+static int gcm_pass(int enc, const uint8_t key[CRYPTO_AES_KEY_LEN],
+                    const uint8_t nonce[CRYPTO_GCM_NONCE_LEN], const void *aad, size_t aadlen,
+                    const uint8_t *in, size_t len, uint8_t *out, uint8_t tag[CRYPTO_GCM_TAG_LEN])
+{
+    uint8_t scratch[CRYPTO_GCM_TAG_LEN];
+    int n = 0;
+    int rc = -EIO;
+
+    EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
+    if (!ctx)
+        return -ENOMEM;
+    if (!EVP_CipherInit_ex(ctx, EVP_aes_256_gcm(), NULL, key, nonce, enc))
+        goto out_free_ctx;
+    if (aadlen && !EVP_CipherUpdate(ctx, NULL, &n, aad, (int)aadlen))
+        goto out_free_ctx;
+    if (len && !EVP_CipherUpdate(ctx, out, &n, in, (int)len))
+        goto out_free_ctx;
+    if (!enc && !EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_SET_TAG, CRYPTO_GCM_TAG_LEN, tag))
+        goto out_free_ctx;
+    /* GCM is a stream mode: Update wrote every byte and Final writes none. */
+    if (EVP_CipherFinal_ex(ctx, scratch, &n) != 1) {
+        rc = enc ? -EIO : -EBADMSG;
+        goto out_free_ctx;
+    }
+    if (enc && !EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_GET_TAG, CRYPTO_GCM_TAG_LEN, tag))
+        goto out_free_ctx;
+    rc = 0;
+out_free_ctx:
+    EVP_CIPHER_CTX_free(ctx);
+    return rc;
+}
+
 int crypto_aead_seal(const uint8_t key[CRYPTO_AES_KEY_LEN], const void *aad, size_t aadlen,
                      const void *pt, size_t ptlen, uint8_t *out, size_t outsize, size_t *outlen)
 {
-    EVP_CIPHER_CTX *ctx = NULL;
-    uint8_t scratch[CRYPTO_GCM_TAG_LEN];
-    int n = 0;
-    int rc;
-
     if ((!aad && aadlen) || (!pt && ptlen))
         return -EINVAL;
     if (ptlen > INT_MAX - CRYPTO_GCM_OVERHEAD || aadlen > INT_MAX ||
@@ -279,42 +311,20 @@ int crypto_aead_seal(const uint8_t key[CRYPTO_AES_KEY_LEN], const void *aad, siz
         return -E2BIG;
     uint8_t *nonce = out;
     uint8_t *ct = out + CRYPTO_GCM_NONCE_LEN;
-    uint8_t *tag = ct + ptlen;
 
-    rc = crypto_random_bytes(nonce, CRYPTO_GCM_NONCE_LEN);
+    int rc = crypto_random_bytes(nonce, CRYPTO_GCM_NONCE_LEN);
     if (rc)
         return rc;
-    ctx = EVP_CIPHER_CTX_new();
-    if (!ctx)
-        return -ENOMEM;
-    rc = -EIO;
-    if (!EVP_EncryptInit_ex(ctx, EVP_aes_256_gcm(), NULL, key, nonce))
-        goto out_free_ctx;
-    if (aadlen && !EVP_EncryptUpdate(ctx, NULL, &n, aad, (int)aadlen))
-        goto out_free_ctx;
-    if (ptlen && !EVP_EncryptUpdate(ctx, ct, &n, pt, (int)ptlen))
-        goto out_free_ctx;
-    /* GCM is a stream mode: Update wrote every byte and Final writes none. */
-    if (!EVP_EncryptFinal_ex(ctx, scratch, &n))
-        goto out_free_ctx;
-    if (!EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_GET_TAG, CRYPTO_GCM_TAG_LEN, tag))
-        goto out_free_ctx;
-    if (outlen)
+    rc = gcm_pass(1, key, nonce, aad, aadlen, pt, ptlen, ct, ct + ptlen);
+    if (rc == 0 && outlen)
         *outlen = ptlen + CRYPTO_GCM_OVERHEAD;
-    rc = 0;
-out_free_ctx:
-    EVP_CIPHER_CTX_free(ctx);
     return rc;
 }
 
 int crypto_aead_open(const uint8_t key[CRYPTO_AES_KEY_LEN], const void *aad, size_t aadlen,
                      const uint8_t *in, size_t inlen, uint8_t *out, size_t outsize, size_t *outlen)
 {
-    EVP_CIPHER_CTX *ctx = NULL;
     uint8_t tag[CRYPTO_GCM_TAG_LEN];
-    uint8_t scratch[CRYPTO_GCM_TAG_LEN];
-    int n = 0;
-    int rc;
 
     if ((!aad && aadlen) || !in)
         return -EINVAL;
@@ -323,34 +333,18 @@ int crypto_aead_open(const uint8_t key[CRYPTO_AES_KEY_LEN], const void *aad, siz
     size_t ctlen = inlen - CRYPTO_GCM_OVERHEAD;
     if (ctlen > INT_MAX || aadlen > INT_MAX || outsize < ctlen)
         return -E2BIG;
-    const uint8_t *nonce = in;
     const uint8_t *ct = in + CRYPTO_GCM_NONCE_LEN;
-    /* The ctrl below takes a non-const pointer, so the tag is copied out. */
+    /* The tag ctrl takes a non-const pointer, so the tag is copied out. */
     memcpy(tag, ct + ctlen, CRYPTO_GCM_TAG_LEN);
 
-    ctx = EVP_CIPHER_CTX_new();
-    if (!ctx)
-        return -ENOMEM;
-    rc = -EIO;
-    if (!EVP_DecryptInit_ex(ctx, EVP_aes_256_gcm(), NULL, key, nonce))
-        goto out_free_ctx;
-    if (aadlen && !EVP_DecryptUpdate(ctx, NULL, &n, aad, (int)aadlen))
-        goto out_free_ctx;
-    if (ctlen && !EVP_DecryptUpdate(ctx, out, &n, ct, (int)ctlen))
-        goto out_free_ctx;
-    if (!EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_SET_TAG, CRYPTO_GCM_TAG_LEN, tag))
-        goto out_free_ctx;
-    if (EVP_DecryptFinal_ex(ctx, scratch, &n) != 1) {
+    int rc = gcm_pass(0, key, in, aad, aadlen, ct, ctlen, out, tag);
+    if (rc) {
         /* Never leave unauthenticated plaintext behind for a careless caller. */
         if (ctlen)
             OPENSSL_cleanse(out, ctlen);
-        rc = -EBADMSG;
-        goto out_free_ctx;
+        return rc;
     }
     if (outlen)
         *outlen = ctlen;
-    rc = 0;
-out_free_ctx:
-    EVP_CIPHER_CTX_free(ctx);
-    return rc;
+    return 0;
 }
