@@ -48,6 +48,7 @@ struct redis {
     int backoff_ms;          /* current wait between attempts, 0 after a success */
     int64_t next_attempt_ms; /* monotonic; no connect attempt before this */
     bool was_connected;      /* log a lost connection once, not every attempt */
+    bool pipe_ignored;       /* SIGPIPE ignored when created: no guard needed */
     char last_error[256];
 };
 
@@ -207,15 +208,27 @@ static int parse_url(struct redis *r, const char *url, char *errbuf, size_t errs
  * A write to a socket the peer closed raises SIGPIPE. Services ignore it
  * (lifecycle.c), but a library must not kill a process that did not, so the
  * calling thread blocks SIGPIPE around socket I/O and swallows one it caused.
+ * In a process that ignores SIGPIPE the guard is skipped: it costs four system
+ * calls per command.
  */
 struct sigpipe_guard {
     sigset_t old_mask;
     bool was_pending;
+    bool active;
 };
 
-static void sigpipe_block(struct sigpipe_guard *g)
+static bool sigpipe_ignored(void)
+{
+    struct sigaction sa;
+    return sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_IGN;
+}
+
+static void sigpipe_block(struct sigpipe_guard *g, bool ignored)
 {
     sigset_t pipe_set, pending;
+    g->active = !ignored;
+    if (ignored)
+        return;
     sigemptyset(&pipe_set);
     sigaddset(&pipe_set, SIGPIPE);
     sigpending(&pending);
@@ -226,6 +239,8 @@ static void sigpipe_block(struct sigpipe_guard *g)
 static void sigpipe_restore(const struct sigpipe_guard *g)
 {
     sigset_t pipe_set, pending;
+    if (!g->active)
+        return;
     sigemptyset(&pipe_set);
     sigaddset(&pipe_set, SIGPIPE);
     sigpending(&pending);
@@ -351,9 +366,10 @@ struct redis *redis_new(const struct redis_options *opt, char *errbuf, size_t er
     if (r->backoff_max_ms < REDIS_BACKOFF_MIN_MS)
         r->backoff_max_ms = REDIS_BACKOFF_MIN_MS;
     pthread_mutex_init(&r->mu, NULL);
+    r->pipe_ignored = sigpipe_ignored();
 
     struct sigpipe_guard g;
-    sigpipe_block(&g);
+    sigpipe_block(&g, r->pipe_ignored);
     if (!redis_connect(r))
         LOG_WARN("redis not reachable yet, will retry: %s", r->last_error);
     sigpipe_restore(&g);
@@ -389,7 +405,7 @@ redisReply *redis_command(struct redis *r, int argc, const char **argv, const si
         goto out_unlock;
     }
     struct sigpipe_guard g;
-    sigpipe_block(&g);
+    sigpipe_block(&g, r->pipe_ignored);
     if (ensure_connected(r)) {
         reply = redisCommandArgv(r->ctx, argc, argv, argvlen);
         if (!reply) {
@@ -443,7 +459,7 @@ int redis_pipeline(struct redis *r, size_t ncmds, const struct redis_cmd *cmds,
     int rc = -EIO;
     pthread_mutex_lock(&r->mu);
     struct sigpipe_guard g;
-    sigpipe_block(&g);
+    sigpipe_block(&g, r->pipe_ignored);
     if (!ensure_connected(r))
         goto out_unlock;
     for (size_t i = 0; i < ncmds; i++) {

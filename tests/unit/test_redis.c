@@ -433,6 +433,68 @@ static void test_redis_gone_and_back(void **state)
     stop_redis(pid);
 }
 
+/*
+ * The server drops the connection while a large write is going on: the write
+ * fails with EPIPE. With SIGPIPE at its default (terminate) the guard must keep
+ * the process alive; with SIGPIPE ignored at creation the guard is skipped.
+ * Either way the next command reconnects.
+ */
+static void peer_close_during_write(void)
+{
+    struct redis *r = connect_url(shared_url(), 2000, 100);
+    struct redis *killer = connect_url(shared_url(), 2000, 100);
+    redisReply *rep = redis_cmd(r, "CLIENT", "ID", (char *)NULL);
+    assert_non_null(rep);
+    assert_int_equal(rep->type, REDIS_REPLY_INTEGER);
+    char id[32];
+    snprintf(id, sizeof(id), "%lld", rep->integer);
+    freeReplyObject(rep);
+    rep = redis_cmd(killer, "CLIENT", "KILL", "ID", id, (char *)NULL);
+    assert_non_null(rep);
+    assert_int_equal(rep->integer, 1);
+    freeReplyObject(rep);
+
+    size_t big = 8u << 20;
+    char *value = malloc(big);
+    assert_non_null(value);
+    memset(value, 'x', big);
+    const char *argv[] = {"SET", "test:redis:sigpipe", value};
+    size_t argvlen[] = {3, 18, big};
+    for (int i = 0; i < 3; i++) {
+        rep = redis_command(r, 3, argv, argvlen);
+        if (rep)
+            freeReplyObject(rep);
+    }
+    bool back = false;
+    for (int i = 0; i < 100 && !back; i++) {
+        back = redis_ping(r);
+        if (!back)
+            time_sleep_ms(20);
+    }
+    assert_true(back);
+    rep = redis_cmd(r, "DEL", "test:redis:sigpipe", (char *)NULL);
+    assert_non_null(rep);
+    freeReplyObject(rep);
+    free(value);
+    redis_free(killer);
+    redis_free(r);
+}
+
+static void test_peer_close_with_default_sigpipe(void **state)
+{
+    (void)state;
+    signal(SIGPIPE, SIG_DFL);
+    peer_close_during_write();
+}
+
+static void test_peer_close_with_sigpipe_ignored(void **state)
+{
+    (void)state;
+    signal(SIGPIPE, SIG_IGN);
+    peer_close_during_write();
+    signal(SIGPIPE, SIG_DFL);
+}
+
 static void test_free_null(void **state)
 {
     (void)state;
@@ -453,6 +515,8 @@ int main(void)
         cmocka_unit_test(test_auth_server),
         cmocka_unit_test(test_command_timeout),
         cmocka_unit_test(test_redis_gone_and_back),
+        cmocka_unit_test(test_peer_close_with_default_sigpipe),
+        cmocka_unit_test(test_peer_close_with_sigpipe_ignored),
         cmocka_unit_test(test_free_null),
     };
     return cmocka_run_group_tests_name("redis", tests, NULL, NULL);
