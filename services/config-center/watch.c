@@ -54,9 +54,23 @@ struct watcher {
     struct http_request *req;
     int64_t deadline_ms;
     size_t heap_idx;
-    size_t n;
-    struct watch_ent ent[WATCH_MAX_NS];
     struct watcher *done_next; /* answer chain once removed */
+    size_t n;
+    struct watch_ent ent[]; /* n of them: most watch one namespace, not WATCH_MAX_NS */
+};
+
+/* What a 200 says: the namespaces that moved and their versions, in the watcher's order. */
+struct answer_key {
+    size_t n;
+    const struct slot *slot[WATCH_MAX_NS];
+    int64_t now[WATCH_MAX_NS];
+};
+
+/* The body built for the last answer_key, reused while the next watcher has the same. */
+struct shared_body {
+    struct answer_key key;
+    char *body;
+    size_t len;
 };
 
 struct slot {
@@ -228,46 +242,84 @@ static bool any_newer(const struct watcher *x)
 
 /* ---- answering (no lock) ---- */
 
-static void answer(struct watch *w, struct watcher *x, bool changed)
+static void answer_key_of(const struct watcher *x, struct answer_key *k)
 {
-    /*
-     * The client polls again soon; closing costs one handshake per poll, while
-     * keeping thousands of idle connections alive costs a reset memory pool each.
-     */
-    http_response_header(x->req, "Connection", "close");
-    if (!changed) {
-        metric_series_add(w->m_timeout, 1);
-        http_respond(x->req, 304, NULL, NULL, 0);
-        free(x);
-        return;
-    }
-    struct buf b;
-    buf_init(&b, 64 * 1024);
-    buf_append_str(&b, "[");
-    bool first = true;
+    k->n = 0;
     for (size_t i = 0; i < x->n; i++) {
         const struct watch_ent *e = &x->ent[i];
         if (e->now <= e->known)
             continue;
-        buf_appendf(&b, "%s{\"namespace\":\"%s\",\"version\":%lld}", first ? "" : ",",
-                    e->slot->name, (long long)e->now);
-        first = false;
+        k->slot[k->n] = e->slot;
+        k->now[k->n++] = e->now;
     }
-    buf_append_str(&b, "]");
-    size_t len = 0;
-    char *body = buf_detach(&b, &len);
-    metric_series_add(w->m_changed, 1);
-    http_respond(x->req, 200, "application/json", body, len);
-    free(x);
 }
 
+static bool answer_key_equal(const struct answer_key *a, const struct answer_key *b)
+{
+    if (a->n != b->n)
+        return false;
+    for (size_t i = 0; i < a->n; i++)
+        if (a->slot[i] != b->slot[i] || a->now[i] != b->now[i])
+            return false;
+    return true;
+}
+
+/* A copy of the 200 body for x (the caller owns it), built once per distinct answer_key. */
+static char *answer_body(const struct watcher *x, struct shared_body *sb, size_t *len)
+{
+    struct answer_key k;
+    answer_key_of(x, &k);
+    if (!sb->body || !answer_key_equal(&k, &sb->key)) {
+        struct buf b;
+        buf_init(&b, 64 * 1024);
+        buf_append_str(&b, "[");
+        for (size_t i = 0; i < k.n; i++)
+            buf_appendf(&b, "%s{\"namespace\":\"%s\",\"version\":%lld}", i ? "," : "",
+                        k.slot[i]->name, (long long)k.now[i]);
+        buf_append_str(&b, "]");
+        free(sb->body);
+        sb->body = buf_detach(&b, &sb->len);
+        sb->key = k;
+    }
+    char *body = xmalloc(sb->len + 1);
+    memcpy(body, sb->body, sb->len + 1);
+    *len = sb->len;
+    return body;
+}
+
+/*
+ * Answers a chain of removed watchers. A release wakes every watcher of a
+ * namespace with the same body: it is built once and copied.
+ */
 static void answer_chain(struct watch *w, struct watcher *chain, bool changed)
 {
+    struct shared_body sb = {.body = NULL};
     while (chain) {
-        struct watcher *next = chain->done_next;
-        answer(w, chain, changed);
-        chain = next;
+        struct watcher *x = chain;
+        chain = x->done_next;
+        /*
+         * The client polls again soon; closing costs one handshake per poll, while
+         * keeping thousands of idle connections alive costs a reset memory pool each.
+         */
+        http_response_header(x->req, "Connection", "close");
+        /* counted before answering: a client that got its answer sees it counted */
+        metric_series_add(changed ? w->m_changed : w->m_timeout, 1);
+        if (changed) {
+            size_t len = 0;
+            char *body = answer_body(x, &sb, &len);
+            http_respond(x->req, 200, "application/json", body, len);
+        } else {
+            http_respond(x->req, 304, NULL, NULL, 0);
+        }
+        free(x);
     }
+    free(sb.body);
+}
+
+static void answer(struct watch *w, struct watcher *x, bool changed)
+{
+    x->done_next = NULL;
+    answer_chain(w, x, changed);
 }
 
 /*
@@ -384,7 +436,7 @@ void watch_handle(struct http_request *req, void *ud)
             return;
         }
     }
-    struct watcher *x = xcalloc(1, sizeof(*x));
+    struct watcher *x = xcalloc(1, sizeof(*x) + n * sizeof(x->ent[0]));
     x->req = req;
     x->n = n;
     int64_t span = timeout_s * 1000;

@@ -477,6 +477,7 @@ static const char DELETE_LUA[] = REGISTRY_OUTBOX_LUA
  * (exclusive, "" = start), limit, scan budget, lowercase search text. Walks the
  * smallest set in id order and checks the others, so the cursor is the last id
  * examined whichever set was walked. Returns {next cursor or "", records...}.
+ * Pages of one set without search text take list_one_index instead.
  */
 static const char LIST_LUA[] =
     "local best, bestn = 1, nil\n"
@@ -1008,6 +1009,93 @@ static bool fleet_valid(const char *s)
     return token_valid(s, ROBOT_ID_MAX);
 }
 
+/* Answers {"robots":[records...],"next_cursor":cursor or null}; takes nothing over. */
+static void respond_page(struct http_request *req, redisReply *const *records, size_t n,
+                         const char *cursor)
+{
+    struct buf b;
+    buf_init(&b, LIST_MAX_BYTES);
+    buf_append_str(&b, "{\"robots\":[");
+    bool first = true;
+    for (size_t i = 0; i < n; i++) {
+        if (!records[i] || records[i]->type != REDIS_REPLY_STRING)
+            continue;
+        if (!first)
+            buf_append_str(&b, ",");
+        buf_append(&b, records[i]->str, records[i]->len);
+        first = false;
+    }
+    buf_append_str(&b, "],\"next_cursor\":");
+    if (cursor && *cursor) {
+        buf_append_str(&b, "\"");
+        buf_append_json_str(&b, cursor);
+        buf_append_str(&b, "\"}");
+    } else {
+        buf_append_str(&b, "null}");
+    }
+    size_t len;
+    char *body = buf_detach(&b, &len);
+    http_respond(req, 200, "application/json", body, len);
+}
+
+/*
+ * A page of one index set without search text: the ids in one ZRANGEBYLEX,
+ * then every record in one pipelined round trip. Plain commands cost Redis a
+ * tenth of the CPU of the same reads made from LIST_LUA. The page is the same
+ * as the script's except that a robot deleted between the two round trips is
+ * left out (the cursor still moves past it).
+ */
+static void list_one_index(struct http_request *req, struct redis *r, const char *key,
+                           const char *cursor, int64_t count)
+{
+    char min[ROBOT_ID_MAX + 2], cnt[24];
+    snprintf(min, sizeof(min), "%s%s", cursor ? "(" : "-", cursor ? cursor : "");
+    snprintf(cnt, sizeof(cnt), "%lld", (long long)count);
+    redisReply *ids = redis_cmd(r, "ZRANGEBYLEX", key, min, "+", "LIMIT", "0", cnt, (char *)NULL);
+    if (!ids || ids->type != REDIS_REPLY_ARRAY) {
+        if (ids && ids->type == REDIS_REPLY_ERROR)
+            LOG_ERROR("robot list index read failed: %s", ids->str);
+        if (ids)
+            freeReplyObject(ids);
+        http_respond_problem(req, 503, NULL, "redis is unavailable");
+        return;
+    }
+    size_t n = ids->elements;
+    struct redis_cmd *cmds = xcalloc(n ? n : 1, sizeof(*cmds));
+    const char **argv = xcalloc(n ? 3 * n : 1, sizeof(*argv));
+    char(*keys)[ROBOT_ID_MAX + 8] = xcalloc(n ? n : 1, sizeof(*keys));
+    redisReply **recs = xcalloc(n ? n : 1, sizeof(*recs));
+    bool ok = true;
+    for (size_t i = 0; i < n && ok; i++) {
+        const redisReply *id = ids->element[i];
+        ok = id->type == REDIS_REPLY_STRING && robot_id_valid(id->str);
+        if (!ok)
+            break;
+        snprintf(keys[i], sizeof(keys[i]), "robot:%s", id->str);
+        argv[3 * i] = "HGET";
+        argv[3 * i + 1] = keys[i];
+        argv[3 * i + 2] = "record";
+        cmds[i] = (struct redis_cmd){3, argv + 3 * i, NULL};
+    }
+    if (!ok) {
+        LOG_ERROR("index '%s' holds a malformed robot id", key);
+        http_respond_problem(req, 500, NULL, "the robot index is corrupt");
+    } else if (n && redis_pipeline(r, n, cmds, recs) != 0) {
+        http_respond_problem(req, 503, NULL, "redis is unavailable");
+    } else {
+        /* a full page may have more after it: the script's cursor rule */
+        respond_page(req, recs, n, (int64_t)n == count ? ids->element[n - 1]->str : NULL);
+    }
+    for (size_t i = 0; i < n; i++)
+        if (recs[i])
+            freeReplyObject(recs[i]);
+    free(recs);
+    free(keys);
+    free(argv);
+    free(cmds);
+    freeReplyObject(ids);
+}
+
 static void handle_list(struct http_request *req, void *ud)
 {
     struct registry *reg = ud;
@@ -1055,6 +1143,11 @@ static void handle_list(struct http_request *req, void *ud)
     }
     if (argc == 3)
         argv[argc++] = "robots:all";
+    if (argc == 4 && !q[0]) {
+        int64_t count = limit < set->list_scan_budget ? limit : set->list_scan_budget;
+        list_one_index(req, registry_redis(reg), argv[3], cursor, count);
+        return;
+    }
     snprintf(nkeys, sizeof(nkeys), "%d", argc - 3);
     argv[2] = nkeys;
     snprintf(lim, sizeof(lim), "%lld", (long long)limit);
@@ -1074,26 +1167,8 @@ static void handle_list(struct http_request *req, void *ud)
         http_respond_problem(req, 503, NULL, "redis is unavailable");
         return;
     }
-    struct buf b;
-    buf_init(&b, LIST_MAX_BYTES);
-    buf_append_str(&b, "{\"robots\":[");
-    for (size_t i = 1; i < rep->elements; i++) {
-        if (i > 1)
-            buf_append_str(&b, ",");
-        buf_append(&b, rep->element[i]->str, rep->element[i]->len);
-    }
-    buf_append_str(&b, "],\"next_cursor\":");
-    if (rep->element[0]->len) {
-        buf_append_str(&b, "\"");
-        buf_append_json_str(&b, rep->element[0]->str);
-        buf_append_str(&b, "\"}");
-    } else {
-        buf_append_str(&b, "null}");
-    }
+    respond_page(req, rep->element + 1, rep->elements - 1, rep->element[0]->str);
     freeReplyObject(rep);
-    size_t len;
-    char *body = buf_detach(&b, &len);
-    http_respond(req, 200, "application/json", body, len);
 }
 
 int robots_register_routes(struct registry *reg)
