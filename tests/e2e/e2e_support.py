@@ -238,3 +238,99 @@ class EventCounter:
 
     def close(self):
         self.c.close()
+
+
+# ---- helpers of test_scenarios.py (platforms shared by several tests, config
+# releases, metrics, reboot concurrency from robot.command-status.v1) ----
+
+TERMINAL_STATES = ("succeeded", "failed", "timed_out", "cancelled", "rejected")
+
+
+def private_redis_url(infra, db):
+    """The shared Redis server's database db, emptied: a platform started on it
+    (start_platform(env={"REDIS_URL": url})) has config namespaces, fleet slots,
+    reboot queue, cooldown and daily counters and robot records of its own, so
+    releases and caps neither leak into nor inherit from other tests."""
+    import redis
+
+    url = infra["REDIS_URL"].rsplit("/", 1)[0] + f"/{db}"
+    redis.Redis.from_url(url).flushdb()
+    return url
+
+
+class ServiceFactory:
+    """The integration `service` fixture's factory, not tied to one test: for a
+    platform shared by several tests (class- or module-scoped fixture).
+    start_platform(ServiceFactory(dir), dir, ...); close() kills what still runs."""
+
+    def __init__(self, workdir):
+        self.workdir = workdir
+        self.started = []
+
+    def __call__(self, name, env=None, config=None):
+        p = ic.ServiceProcess(name, self.workdir, env=env, config=config).start()
+        self.started.append(p)
+        return p
+
+    def close(self):
+        for p in self.started:
+            if p.proc.poll() is None:
+                p.proc.kill()
+                p.proc.wait()
+
+
+def metric_value(svc, name, labels=""):
+    """One sample of svc's /metrics (labels as written there, e.g. 'namespace="x"'), or None."""
+    s, _, body = svc.get("/metrics")
+    assert s == 200
+    want = f"{name}{{{labels}}}" if labels else name
+    for line in body.decode().splitlines():
+        if line.startswith("#") or " " not in line:
+            continue
+        series, value = line.rsplit(" ", 1)
+        if series == want:
+            return float(value)
+    return None
+
+
+def release_config(center, ns, text, user="e2e"):
+    """Through config-center's API: PUT the namespace's draft (YAML text) and POST
+    a release with If-Match on the draft's base version; returns the new version."""
+    h = {"Content-Type": "application/yaml", "X-Consumer-Username": user}
+    s, _, b = center.request("PUT", f"/v1/namespaces/{ns}/draft", body=text.encode(), headers=h)
+    assert s == 200, b
+    base = json.loads(b)["base_version"]
+    s, hdr, b = center.request("POST", f"/v1/namespaces/{ns}/releases",
+                               body=json.dumps({"comment": "e2e"}).encode(),
+                               headers=dict(JSONH, **{"If-Match": f'"{base}"', "X-Consumer-Username": user}))
+    doc = json.loads(b)
+    assert s == 201 and doc["version"] == base + 1 and doc.get("announced") is True, (s, doc)
+    return doc["version"]
+
+
+def rebooting_intervals(reader, robots):
+    """[(command_id, robot, dispatched at, terminal at or None)] of the given robots'
+    commands on robot.command-status.v1 (StatusReader, drained by the caller)."""
+    out = []
+    for rid in robots:
+        for cid, trans in reader.commands(rid).items():
+            start = next((ts(d["at"]) for d in trans if d["state"] == "dispatched"), None)
+            end = next((ts(d["at"]) for d in trans if d["state"] in TERMINAL_STATES), None)
+            if start is not None:
+                out.append((cid, rid, start, end))
+    return out
+
+
+def max_rebooting(intervals):
+    """Most commands dispatched and not yet terminal at one instant. A slot is freed
+    by the terminal transition before the next command is dispatched, so at equal
+    timestamps the end counts first."""
+    points = []
+    for _, _, start, end in intervals:
+        points.append((start, 1))
+        points.append((end if end is not None else float("inf"), -1))
+    n = peak = 0
+    for _, d in sorted(points):
+        n += d
+        peak = max(peak, n)
+    return peak

@@ -151,6 +151,7 @@ def test_proto_has_the_expected_files():
     expected = {f"proto/openapi/{s}.yaml" for s in SERVICE_PORTS} | {
         "proto/openapi/common.yaml",
         "proto/openapi/vendor-platform.yaml",
+        "proto/openapi/robot-sim.yaml",
         "proto/asyncapi.yaml",
         "proto/schemas/cloudevent.schema.json",
         "proto/schemas/robot-event.schema.json",
@@ -320,6 +321,40 @@ def test_vendor_platform_contract():
     created = schema_validator(schemas["WebhookCreated"], base=path)
     assert not errors_of(created, {"id": "wh1", "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2La"})
     assert errors_of(created, {"id": "wh1", "secret": "MfKQ9r8GKYqrTwjUPD8ILPZIo2La"})
+
+
+def sim_routes():
+    """(METHOD, path) of every route robot-sim registers (tests/sim/api.c)."""
+    src = (ROOT / "tests" / "sim" / "api.c").read_text()
+    routes = re.findall(r'http_server_route\(\s*\w+\s*,\s*"([A-Z]+)"\s*,\s*"([^"]+)"', src)
+    assert routes, "no http_server_route calls found in tests/sim/api.c"
+    return {(m, p) for m, p in routes}
+
+
+def test_robot_sim_describes_exactly_what_the_simulator_serves():
+    """The simulator's /v1 routes are the vendor API (vendor-platform.yaml); its own
+    admin routes (/healthz, /sim/...) are robot-sim.yaml, no more and no fewer."""
+    served = sim_routes()
+    vendor = {p for p in served if p[1].startswith("/v1/")}
+    admin = served - vendor
+    as_ops = lambda routes: {f"paths {p} {m}" for m, p in routes}
+    vendor_path = OPENAPI_DIR / "vendor-platform.yaml"
+    vendor_ops = {label for label, _ in operations(vendor_path, load_cached(vendor_path))}
+    assert as_ops(vendor) == {label for label in vendor_ops if label.startswith("paths ")}
+    path = OPENAPI_DIR / "robot-sim.yaml"
+    doc = load_cached(path)
+    ops = dict(operations(path, doc))
+    assert set(ops) == as_ops(admin)
+    assert {"paths /healthz GET", "paths /sim/stats GET", "paths /sim/misbehave GET",
+            "paths /sim/misbehave POST"} <= set(ops)
+    schemas = doc["components"]["schemas"]
+    misbehave = {"vendor_500": 0.5, "slow_ms": 100, "duplicate_webhooks": 0, "out_of_order": 0,
+                 "bad_signature": 1}
+    assert not errors_of(schema_validator(schemas["Misbehave"], base=path), misbehave)
+    update = schema_validator(schemas["MisbehaveUpdate"], base=path)
+    assert not errors_of(update, {"slow_ms": 10})
+    assert errors_of(update, {"vendor_500": 2})
+    assert errors_of(update, {"teleport": 1})
 
 
 # ---- JSON Schema ------------------------------------------------------------
