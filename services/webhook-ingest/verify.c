@@ -5,13 +5,111 @@
  */
 #include "verify.h"
 
+#include <pthread.h>
 #include <string.h>
+
+#include <openssl/core_names.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
 
 #include "crypto.h"
 #include "sources.h"
 #include "str.h"
 
-#define MAX_SECRETS 8
+#define MAX_SECRETS  8
+#define HMAC_SLOTS   8   /* keyed contexts kept per thread */
+#define HMAC_KEY_MAX 128 /* longer secrets are not cached (crypto_hmac_sha256 signs them) */
+
+/*
+ * Keying HMAC costs more than hashing a small body: the digest is looked up
+ * in the provider and both pads are hashed. Each HTTP thread therefore keeps
+ * a context per recently used secret and only resets it per request
+ * (EVP_MAC_init without a key restarts from the stored pads).
+ */
+struct hmac_slot {
+    EVP_MAC_CTX *ctx;
+    size_t keylen;
+    uint8_t key[HMAC_KEY_MAX];
+};
+
+struct hmac_cache {
+    struct hmac_slot slots[HMAC_SLOTS];
+    size_t next; /* round-robin victim */
+};
+
+static pthread_once_t hmac_once = PTHREAD_ONCE_INIT;
+static pthread_key_t hmac_tls;
+static bool hmac_tls_ok;
+static EVP_MAC *hmac_alg;
+
+static void hmac_cache_free(void *arg)
+{
+    struct hmac_cache *c = arg;
+    for (size_t i = 0; i < HMAC_SLOTS; i++)
+        EVP_MAC_CTX_free(c->slots[i].ctx);
+    OPENSSL_clear_free(c, sizeof(*c));
+}
+
+static void hmac_setup(void)
+{
+    hmac_alg = EVP_MAC_fetch(NULL, "HMAC", NULL);
+    hmac_tls_ok = hmac_alg && pthread_key_create(&hmac_tls, hmac_cache_free) == 0;
+}
+
+/* This thread's context keyed with key, ready for updates; NULL when none can be had. */
+static EVP_MAC_CTX *keyed_ctx(const uint8_t *key, size_t keylen)
+{
+    pthread_once(&hmac_once, hmac_setup);
+    if (!hmac_tls_ok || keylen == 0 || keylen > HMAC_KEY_MAX)
+        return NULL;
+    struct hmac_cache *c = pthread_getspecific(hmac_tls);
+    if (!c) {
+        c = OPENSSL_zalloc(sizeof(*c));
+        if (!c || pthread_setspecific(hmac_tls, c) != 0) {
+            OPENSSL_free(c);
+            return NULL;
+        }
+    }
+    for (size_t i = 0; i < HMAC_SLOTS; i++) {
+        struct hmac_slot *s = &c->slots[i];
+        if (s->ctx && s->keylen == keylen && memcmp(s->key, key, keylen) == 0)
+            return EVP_MAC_init(s->ctx, NULL, 0, NULL) ? s->ctx : NULL;
+    }
+    struct hmac_slot *s = &c->slots[c->next];
+    c->next = (c->next + 1) % HMAC_SLOTS;
+    EVP_MAC_CTX_free(s->ctx);
+    OPENSSL_cleanse(s, sizeof(*s));
+    char digest[] = "SHA256";
+    OSSL_PARAM params[] = {
+        OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, digest, 0),
+        OSSL_PARAM_construct_end(),
+    };
+    s->ctx = EVP_MAC_CTX_new(hmac_alg);
+    if (!s->ctx || !EVP_MAC_init(s->ctx, key, keylen, params)) {
+        EVP_MAC_CTX_free(s->ctx);
+        s->ctx = NULL;
+        return NULL;
+    }
+    memcpy(s->key, key, keylen);
+    s->keylen = keylen;
+    return s->ctx;
+}
+
+/* HMAC-SHA256 of the parts, through the thread's cached context when it can. */
+static int hmac_sha256(const uint8_t *key, size_t keylen, const struct crypto_part *parts,
+                       size_t nparts, uint8_t out[CRYPTO_SHA256_LEN])
+{
+    EVP_MAC_CTX *ctx = keyed_ctx(key, keylen);
+    size_t outlen = 0;
+    if (!ctx)
+        return crypto_hmac_sha256(key, keylen, parts, nparts, out);
+    for (size_t i = 0; i < nparts; i++)
+        if (parts[i].len && !EVP_MAC_update(ctx, parts[i].data, parts[i].len))
+            return crypto_hmac_sha256(key, keylen, parts, nparts, out);
+    if (!EVP_MAC_final(ctx, out, &outlen, CRYPTO_SHA256_LEN) || outlen != CRYPTO_SHA256_LEN)
+        return crypto_hmac_sha256(key, keylen, parts, nparts, out);
+    return 0;
+}
 
 const char *verify_reason(enum verify_result r)
 {
@@ -39,7 +137,7 @@ static size_t sign_all(const struct source *src, int64_t now_ms, const struct cr
         const struct source_secret *s = &src->secrets[i];
         if (!source_secret_active(s, now_ms))
             continue;
-        if (crypto_hmac_sha256(s->key, s->keylen, parts, nparts, macs[n]) == 0)
+        if (hmac_sha256(s->key, s->keylen, parts, nparts, macs[n]) == 0)
             n++;
     }
     return n;

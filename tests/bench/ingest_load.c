@@ -10,6 +10,8 @@
  * Latencies go into a fixed log-linear histogram (no per-request allocation).
  * Prints a table and one JSON summary line; exits 1 when fewer than 99% of
  * the responses were 202, 2 on usage errors or when the server is unreachable.
+ * Its own CPU use over the measured window is reported too, so a run where
+ * the generator starved the service on a small machine shows as such.
  *
  *   ingest-load --port P --source ID --secret whsec_... [--connections 64]
  *               [--duration 15] [--warmup 3] [--body-size 1024] [--robots 10000]
@@ -28,6 +30,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/epoll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -109,6 +112,9 @@ struct run {
     uint64_t connect_failures; /* consecutive */
     bool measuring;
     bool unreachable;
+    /* our own CPU over the measured window: on a small machine the load
+     * generator competes with the service, so its share is reported */
+    struct rusage ru_start, ru_end;
 };
 
 static volatile sig_atomic_t stop_requested;
@@ -734,6 +740,7 @@ static int run_loop(struct run *r, uint64_t *measured_ns)
     uint64_t end_at = measure_at + (uint64_t)(r->opt.duration_s * 1e9);
     *measured_ns = 0;
     r->measuring = r->opt.warmup_s <= 0.0;
+    getrusage(RUSAGE_SELF, &r->ru_start);
     for (int i = 0; i < r->opt.connections; i++) {
         int rc = conn_open(r, &r->conns[i]);
         if (rc) {
@@ -745,6 +752,7 @@ static int run_loop(struct run *r, uint64_t *measured_ns)
         uint64_t now = now_ns();
         if (!r->measuring && now >= measure_at) {
             r->measuring = true;
+            getrusage(RUSAGE_SELF, &r->ru_start);
             measure_at = now;
             end_at = now + (uint64_t)(r->opt.duration_s * 1e9);
         }
@@ -770,6 +778,7 @@ static int run_loop(struct run *r, uint64_t *measured_ns)
     }
     if (!*measured_ns && r->measuring)
         *measured_ns = now_ns() - measure_at; /* interrupted */
+    getrusage(RUSAGE_SELF, &r->ru_end);
     for (int i = 0; i < r->opt.connections; i++)
         conn_close(r, &r->conns[i]);
     if (r->unreachable) {
@@ -779,8 +788,17 @@ static int run_loop(struct run *r, uint64_t *measured_ns)
     return 0;
 }
 
+static double tv_secs(struct timeval a, struct timeval b)
+{
+    return (double)(b.tv_sec - a.tv_sec) + (double)(b.tv_usec - a.tv_usec) / 1e6;
+}
+
 static void report(const struct run *r, double secs)
 {
+    double user = tv_secs(r->ru_start.ru_utime, r->ru_end.ru_utime);
+    double sys = tv_secs(r->ru_start.ru_stime, r->ru_end.ru_stime);
+    double cpu_pct = secs > 0 ? (user + sys) / secs * 100.0 : 0.0;
+    double us_per_req = r->responses ? (user + sys) * 1e6 / (double)r->responses : 0.0;
     uint64_t accepted = r->status_counts[202];
     double rps = secs > 0 ? (double)r->responses / secs : 0.0;
     double arps = secs > 0 ? (double)accepted / secs : 0.0;
@@ -804,6 +822,8 @@ static void report(const struct run *r, double secs)
     printf("  %-14s %12.2f ms\n", "p90", p90);
     printf("  %-14s %12.2f ms\n", "p99", p99);
     printf("  %-14s %12.2f ms\n", "max", maxms);
+    printf("  %-14s %12.0f %% of a core (%.1f us/request; user %.2f s, sys %.2f s)\n",
+           "loadgen cpu", cpu_pct, us_per_req, user, sys);
 
     printf("{\"requests\":%llu,\"accepted\":%llu,\"other\":{", (unsigned long long)r->responses,
            (unsigned long long)accepted);
@@ -815,8 +835,10 @@ static void report(const struct run *r, double secs)
         first = false;
     }
     printf("},\"errors\":%llu,\"duration_s\":%.3f,\"rps\":%.1f,\"accepted_rps\":%.1f,"
-           "\"p50_ms\":%.3f,\"p90_ms\":%.3f,\"p99_ms\":%.3f,\"max_ms\":%.3f}\n",
-           (unsigned long long)r->errors, secs, rps, arps, p50, p90, p99, maxms);
+           "\"p50_ms\":%.3f,\"p90_ms\":%.3f,\"p99_ms\":%.3f,\"max_ms\":%.3f,"
+           "\"loadgen_cpu_pct\":%.1f,\"loadgen_us_per_req\":%.1f}\n",
+           (unsigned long long)r->errors, secs, rps, arps, p50, p90, p99, maxms, cpu_pct,
+           us_per_req);
     fflush(stdout);
 }
 

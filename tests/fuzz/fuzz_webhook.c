@@ -10,6 +10,7 @@
 #include "../../services/webhook-ingest/verify.h"
 #include "crypto.h"
 #include "fuzz.h"
+#include "json.h"
 #include "sources.h"
 #include "timeutil.h"
 
@@ -93,8 +94,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (event_batch_parse(body, blen, 50, &b, &err) == 0) {
         FUZZ_ASSERT(b.n >= 1 && b.n <= 50);
         for (size_t i = 0; i < b.n; i++) {
-            FUZZ_ASSERT(b.events[i].obj && b.events[i].type && b.events[i].robot_id &&
+            FUZZ_ASSERT(b.events[i].raw && b.events[i].type && b.events[i].robot_id &&
                         b.events[i].occurred_at);
+            /* the raw event is spliced into Kafka: consumers' cJSON must read it back */
+            cJSON *obj = json_parse(b.events[i].raw, b.events[i].raw_len, NULL, 0);
+            FUZZ_ASSERT(cJSON_IsObject(obj));
+            FUZZ_ASSERT(strcmp(json_get_str(obj, "type"), b.events[i].type) == 0);
+            FUZZ_ASSERT(strcmp(json_get_str(obj, "robot_id"), b.events[i].robot_id) == 0);
+            cJSON_Delete(obj);
             FUZZ_ASSERT(event_type_known(b.events[i].type));
             FUZZ_ASSERT(strlen(b.events[i].robot_id) <= EVENT_ROBOT_ID_MAX);
         }

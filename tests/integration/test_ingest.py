@@ -198,7 +198,10 @@ def test_github_scheme(service, infra):
     assert status == 401 and problem(rb)["field"] == "X-Signature-256"
     status, _, rb = http("POST", url, body=body, headers={"Content-Type": "application/json"})
     assert status == 401 and problem(rb)["field"] == "X-Signature-256"
-    # the single event's id dedupes when there is no delivery id
+    # the single event's id dedupes when there is no delivery id (once its claim is "done":
+    # a retry while it is still pending gets 409 + Retry-After)
+    wait_for(lambda: redislib.Redis.from_url(infra["REDIS_URL"]).get(f"dedupe:{src}:gh-1") == b"done",
+             10, "dedupe key done")
     status, _, rb = http("POST", url, body=body, headers={
         "Content-Type": "application/json", "X-Signature-256": sign_github(secret, body)})
     assert status == 200 and json.loads(rb) == {"duplicate": True}
@@ -258,6 +261,63 @@ def test_invalid_body_400_names_field(ingest, payload, field):
     doc = problem(rb)
     assert doc["field"] == field, doc
     assert field in doc["detail"] or field == "body"
+
+
+@pytest.mark.parametrize("payload", [
+    b'{"type": "robot.heartbeat", "robot_id": "a", "occurred_at": "2026-01-01T00:00:00Z",}',
+    b'[{"type": "robot.heartbeat", "robot_id": "a", "occurred_at": "2026-01-01T00:00:00Z"},]',
+    b'{"type": "robot.heartbeat", "robot_id": "a", "occurred_at": "2026-01-01T00:00:00Z", '
+    b'"data": {"n": 01}}',
+    b'{"type": "robot.heartbeat", "robot_id": "a", "occurred_at": "2026-01-01T00:00:00Z", '
+    b'"data": {"s": "\xff\xfe"}}',
+    b'{"type": "robot.heartbeat", "robot_id": "a", "occurred_at": "2026-01-01T00:00:00Z", '
+    b'"data": {"s": "tab\there"}}',
+    b'{"type": "robot.heartbeat", "robot_id": "a", "occurred_at": "2026-01-01T00:00:00Z", '
+    b'"data": {"s": "\\udc00"}}',
+    b'{"type": "robot.heartbeat", "robot_id": "a", "occurred_at": "2026-01-01T00:00:00Z"} x',
+    b'{"type": "robot.heartbeat", "robot_id": "a", "occurred_at": "2026-01-01T00:00:00Z", '
+    b'"data": ' + b'[' * 600 + b']' * 600 + b'}',
+])
+def test_malformed_json_anywhere_is_400_body(ingest, payload):
+    """The body is checked strictly before any field: nothing half-valid reaches Kafka."""
+    status, _, rb, _ = post_webhook(base(ingest), ingest.source, ingest.secret, None, body=payload)
+    assert status == 400, rb
+    doc = problem(rb)
+    assert doc["field"] == "body" and "not valid JSON" in doc["detail"], doc
+
+
+def test_event_bytes_reach_kafka_unchanged(ingest, infra):
+    """Events are spliced, not re-printed: every value survives exactly, escapes included."""
+    tail = EventTail(infra["KAFKA_BOOTSTRAP_SERVERS"])
+    first = (b'{ "typ\\u0065" : "robot.fault", "robot_id":"r-spl\\u0069ce",\n'
+             b' "occurred_at":"2026-11-22T10:00:00Z", "id": "ev-splice-1",'
+             b' "data": {"big": 12345678901234567890, "f": 1.50e3, "s": "caf\xc3\xa9 \\"q\\" \\ud83d\\ude00",'
+             b' "nested": [true, false, null, {"k": []}]} }')
+    body = b'[' + first + b', {"type":"robot.status","robot_id":"r-2",' \
+        b'"occurred_at":"2026-11-22T10:00:01Z"}, {"type":"robot.booted","robot_id":"r-3",' \
+        b'"occurred_at":"2026-11-22T10:00:02Z","data":{}}]'
+    status, _, rb, wid = post_webhook(base(ingest), ingest.source, ingest.secret, None, body=body)
+    assert status == 202, rb
+    assert json.loads(rb)["ids"] == ["ev-splice-1", f"{wid}-1", f"{wid}-2"]
+    msgs = tail.collect(until=lambda m: len(m) >= 3)
+    tail.close()
+    by_id = {json.loads(m.value())["id"]: m for m in msgs}
+    m = by_id["ev-splice-1"]
+    assert m.key() == b"r-splice"
+    ce = json.loads(m.value())
+    assert (ce["type"], ce["subject"], ce["time"]) == ("robot.fault", "r-splice",
+                                                       "2026-11-22T10:00:00Z")
+    # the exact number text is kept: no rounding through a double
+    assert b'"big": 12345678901234567890' in m.value() and b'1.50e3' in m.value()
+    sent = json.loads(first)
+    data = ce["data"]
+    assert data.pop("source") == ingest.source
+    assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$", data.pop("received_at"))
+    assert data == sent
+    assert data["data"]["s"] == "caf\u00e9 \"q\" \U0001F600"
+    empty = json.loads(by_id[f"{wid}-2"].value())["data"]
+    assert empty["data"] == {} and empty["source"] == ingest.source
+    assert json.loads(by_id[f"{wid}-1"].value())["subject"] == "r-2"
 
 
 def test_batch_too_large_400(service, infra, tmp_path):

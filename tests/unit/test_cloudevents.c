@@ -55,6 +55,51 @@ static void test_build_full(void **state)
     buf_release(&b);
 }
 
+/* Raw data is copied byte for byte (spacing kept), with the same envelope and checks. */
+static void test_build_raw(void **state)
+{
+    (void)state;
+    static const char data[] = "{ \"battery\" : 87 , \"pad\":\"\\u00e9\" }";
+    struct cloudevent ev = {
+        .id = "e-1",
+        .source = "/webhook-ingest/acme",
+        .type = "robot.heartbeat",
+        .subject = "r-17",
+        .time = "2026-11-22T10:03:56.123Z",
+    };
+    struct buf b;
+    buf_init(&b, 4096);
+    assert_int_equal(ce_build_raw(&ev, data, strlen(data), &b), 0);
+    assert_string_equal(b.data, "{\"specversion\":\"1.0\",\"id\":\"e-1\","
+                                "\"source\":\"/webhook-ingest/acme\",\"type\":\"robot.heartbeat\","
+                                "\"subject\":\"r-17\",\"time\":\"2026-11-22T10:03:56.123Z\","
+                                "\"datacontenttype\":\"application/json\","
+                                "\"data\":{ \"battery\" : 87 , \"pad\":\"\\u00e9\" }}");
+    struct cloudevent back;
+    cJSON *root = ce_parse(b.data, b.len, &back, NULL, 0);
+    assert_non_null(root);
+    assert_int_equal(cJSON_GetObjectItemCaseSensitive(back.data, "battery")->valueint, 87);
+    cJSON_Delete(root);
+
+    /* no data, a missing id, a bad time: refused, the buffer left as it was */
+    size_t len = b.len;
+    assert_int_equal(ce_build_raw(&ev, NULL, 0, &b), -EINVAL);
+    ev.id = NULL;
+    assert_int_equal(ce_build_raw(&ev, data, strlen(data), &b), -EINVAL);
+    ev.id = "e-1";
+    ev.time = "yesterday";
+    assert_int_equal(ce_build_raw(&ev, data, strlen(data), &b), -EINVAL);
+    assert_int_equal(b.len, len);
+    buf_release(&b);
+
+    /* over the cap: -E2BIG and no half envelope */
+    ev.time = NULL;
+    buf_init(&b, 64);
+    assert_int_equal(ce_build_raw(&ev, data, strlen(data), &b), -E2BIG);
+    assert_true(b.len == 0);
+    buf_release(&b);
+}
+
 static void test_build_minimal_and_escaping(void **state)
 {
     (void)state;
@@ -199,8 +244,11 @@ static void test_parse_accepts(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_build_full),    cmocka_unit_test(test_build_minimal_and_escaping),
-        cmocka_unit_test(test_build_errors),  cmocka_unit_test(test_parse_errors),
+        cmocka_unit_test(test_build_full),
+        cmocka_unit_test(test_build_raw),
+        cmocka_unit_test(test_build_minimal_and_escaping),
+        cmocka_unit_test(test_build_errors),
+        cmocka_unit_test(test_parse_errors),
         cmocka_unit_test(test_parse_accepts),
     };
     return cmocka_run_group_tests_name("cloudevents", tests, NULL, NULL);
