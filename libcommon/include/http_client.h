@@ -6,8 +6,10 @@
  * (closed -> open when the error ratio over a time window passes a threshold ->
  * half-open after a pause, where one probe decides between closed and open).
  *
- * A struct http_client is thread-safe: each call uses its own curl handle and
- * the breakers are guarded by a mutex.
+ * A struct http_client is thread-safe: each call takes a curl handle of its own
+ * from the client's pool of idle handles and gives it back afterwards, so the
+ * next call to the same host reuses its open keep-alive connection (no new TCP
+ * or TLS handshake); the pool and the breakers are guarded by a mutex.
  */
 #ifndef HTTP_CLIENT_H
 #define HTTP_CLIENT_H
@@ -39,6 +41,7 @@ struct http_client_options {
     double breaker_error_ratio; /* failures / attempts that opens it; 0 = 0.5 */
     int breaker_open_ms;        /* pause before a half-open probe; 0 = 10000 */
     const char *user_agent;     /* NULL = "robot-fleet/0.1" */
+    int max_idle;               /* idle handles (with their connections) kept; 0 = 64, <0 = none */
 };
 
 struct http_client_request {
@@ -79,5 +82,7 @@ void http_client_response_release(struct http_client_response *resp);
 /* The breaker state for the host of url ("scheme://host:port"), CLOSED if never seen. */
 enum http_breaker_state http_client_breaker_state(struct http_client *c, const char *url);
 const char *http_client_strerror(int err);
+/* How many TCP connections the client's calls have opened so far (reused ones not counted). */
+uint64_t http_client_connects(struct http_client *c);
 
 #endif

@@ -1,5 +1,8 @@
 /*
  * Outbound HTTP with retries and per-host circuit breakers (see http_client.h).
+ * Curl easy handles are pooled per client: a handle keeps its connection cache
+ * across curl_easy_reset, so a call that takes an idle handle reuses the
+ * keep-alive connection its last call left open.
  */
 #include "http_client.h"
 
@@ -39,6 +42,9 @@ struct http_client {
     pthread_mutex_t lock;
     struct breaker *breakers;
     size_t nbreakers;
+    CURL **idle; /* handles not in use, their connections still open */
+    size_t nidle, max_idle;
+    uint64_t connects;
 };
 
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
@@ -69,6 +75,8 @@ struct http_client *http_client_new(const struct http_client_options *opt)
     str_copy(c->user_agent, o->user_agent ? o->user_agent : "robot-fleet/0.1",
              sizeof(c->user_agent));
     o->user_agent = NULL;
+    c->max_idle = o->max_idle < 0 ? 0 : o->max_idle > 0 ? (size_t)o->max_idle : 64;
+    c->idle = xcalloc(c->max_idle ? c->max_idle : 1, sizeof(*c->idle));
     pthread_mutex_init(&c->lock, NULL);
     c->breakers = xcalloc(MAX_BREAKERS, sizeof(*c->breakers));
     return c;
@@ -78,6 +86,9 @@ void http_client_free(struct http_client *c)
 {
     if (!c)
         return;
+    for (size_t i = 0; i < c->nidle; i++)
+        curl_easy_cleanup(c->idle[i]);
+    free(c->idle);
     pthread_mutex_destroy(&c->lock);
     free(c->breakers);
     free(c);
@@ -222,6 +233,46 @@ enum http_breaker_state http_client_breaker_state(struct http_client *c, const c
     return st;
 }
 
+uint64_t http_client_connects(struct http_client *c)
+{
+    pthread_mutex_lock(&c->lock);
+    uint64_t n = c->connects;
+    pthread_mutex_unlock(&c->lock);
+    return n;
+}
+
+/* ---- the handle pool ---- */
+
+/* An idle handle reset to defaults (its connection cache kept), or a new one; NULL when out of
+ * memory. */
+static CURL *handle_take(struct http_client *c)
+{
+    CURL *h = NULL;
+    pthread_mutex_lock(&c->lock);
+    if (c->nidle > 0)
+        h = c->idle[--c->nidle];
+    pthread_mutex_unlock(&c->lock);
+    if (h) {
+        curl_easy_reset(h);
+        return h;
+    }
+    return curl_easy_init();
+}
+
+/* Back to the pool after a call; connects = connections the call opened. */
+static void handle_give(struct http_client *c, CURL *h, long connects, bool reusable)
+{
+    pthread_mutex_lock(&c->lock);
+    c->connects += connects > 0 ? (uint64_t)connects : 0;
+    if (reusable && c->nidle < c->max_idle) {
+        c->idle[c->nidle++] = h;
+        h = NULL;
+    }
+    pthread_mutex_unlock(&c->lock);
+    if (h)
+        curl_easy_cleanup(h);
+}
+
 /* ---- one attempt ---- */
 
 struct attempt {
@@ -265,7 +316,7 @@ static size_t on_header(char *data, size_t size, size_t n, void *ud)
 static int attempt_once(struct http_client *c, const struct http_client_request *req,
                         struct attempt *a, long *status)
 {
-    CURL *h = curl_easy_init();
+    CURL *h = handle_take(c);
     struct curl_slist *hdrs = NULL;
     char auth[AUTH_MAX];
     char ctype[160];
@@ -317,9 +368,12 @@ static int attempt_once(struct http_client *c, const struct http_client_request 
     }
     if (rc && rc != HTTP_CLIENT_ERR_TOOBIG)
         LOG_DEBUG("http %s to '%s' failed: %s", req->method, req->url, curl_easy_strerror(cc));
+    long connects = 0;
+    curl_easy_getinfo(h, CURLINFO_NUM_CONNECTS, &connects);
     memset(auth, 0, sizeof(auth));
     curl_slist_free_all(hdrs);
-    curl_easy_cleanup(h);
+    /* the handle keeps the token only in its options, which the next take resets */
+    handle_give(c, h, connects, rc == 0 || rc == HTTP_CLIENT_ERR_TOOBIG);
     return rc;
 }
 

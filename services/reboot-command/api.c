@@ -211,12 +211,7 @@ static bool admissible(struct reboot *rb, struct http_request *req, const struct
         return true; /* judged when it fires */
     const char *rule = NULL;
     char detail[256];
-    int rc = policy_check(rb, rb->redis, c, v, &rule, detail, sizeof(detail));
-    if (rc < 0) {
-        http_respond_problem(req, 503, NULL, "Redis is unavailable");
-        return false;
-    }
-    if (rc == 1) {
+    if (policy_check(rb, c, v, &rule, detail, sizeof(detail)) == 1) {
         bool busy = strcmp(rule, "busy") == 0;
         respond_refused(req, busy ? 423 : 409, busy ? "force" : "id", rule, detail);
         return false;
@@ -315,7 +310,7 @@ static void post_reboot(struct http_request *req, void *ud)
         respond_existing(rb, req, existing, robot_id);
         goto out;
     }
-    reboot_emit_status(rb, c, "requested", actor, NULL, 1);
+    reboot_announced(rb, c, "requested");
     http_request_suspend(req);
     if (reboot_produce_command(rb, c, "api", &p->d) != 0) {
         reboot_delivered(&p->d, -EIO);

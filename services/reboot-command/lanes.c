@@ -96,24 +96,13 @@ struct command_msg {
     int64_t msg_ms;
 };
 
-static int process_command(void *arg)
+/*
+ * A command not in Redis yet: 1 created (c filled; v, when not NULL, read in
+ * the same round trip), 2 it existed, 0 skipped, -EIO.
+ */
+static int create_unseen(struct command_msg *cm, struct command *c, struct robot_view *v)
 {
-    struct command_msg *cm = arg;
     struct reboot *rb = cm->ln->l->rb;
-    struct redis *r = cm->r;
-    struct command c;
-    int rc = store_get(r, cm->id, &c);
-    if (rc == -EIO)
-        return rc;
-    if (rc == 0) {
-        if (strcmp(c.state, "requested") == 0)
-            return reboot_decide(rb, r, &c, false);
-        if (strcmp(c.state, "scheduled") == 0 && strcmp(cm->origin, "scheduled") == 0)
-            return reboot_decide(rb, r, &c, true);
-        skipped(rb, "already_handled");
-        return 0;
-    }
-    /* a command we have never seen: an automatic request from stream-processor */
     struct reboot_settings set;
     reboot_settings_get(rb, &set);
     int64_t now = time_now_ms();
@@ -129,26 +118,60 @@ static int process_command(void *arg)
     const char *reason = json_get_str(cm->data, "reason");
     bool force = false;
     json_get_bool(cm->data, "force", &force);
-    memset(&c, 0, sizeof(c));
-    str_copy(c.id, cm->id, sizeof(c.id));
-    str_copy(c.robot_id, cm->robot_id, sizeof(c.robot_id));
-    str_copy(c.mode, mode, sizeof(c.mode));
-    str_copy(c.reason, reason ? reason : "", sizeof(c.reason));
+    memset(c, 0, sizeof(*c));
+    str_copy(c->id, cm->id, sizeof(c->id));
+    str_copy(c->robot_id, cm->robot_id, sizeof(c->robot_id));
+    str_copy(c->mode, mode, sizeof(c->mode));
+    str_copy(c->reason, reason ? reason : "", sizeof(c->reason));
     bool automatic = strcmp(cm->origin, "automatic") == 0;
-    str_copy(c.origin, automatic ? "automatic" : "api", sizeof(c.origin));
-    str_copy(c.requested_by, automatic ? "stream-processor" : "unknown", sizeof(c.requested_by));
-    c.force = automatic ? false : force;
-    c.created_ms = now;
-    str_copy(c.state, "requested", sizeof(c.state));
+    str_copy(c->origin, automatic ? "automatic" : "api", sizeof(c->origin));
+    str_copy(c->requested_by, automatic ? "stream-processor" : "unknown", sizeof(c->requested_by));
+    c->force = automatic ? false : force;
+    c->created_ms = now;
+    str_copy(c->state, "requested", sizeof(c->state));
     char existing[CMD_ID_MAX + 1];
-    rc = store_create(r, &c, NULL, 0, existing);
+    int rc =
+        v ? store_create_viewing(cm->r, c, existing, v) : store_create(cm->r, c, NULL, 0, existing);
     if (rc < 0)
         return rc;
-    if (rc == 1)
-        reboot_emit_status(rb, &c, "requested", c.requested_by, NULL, 1);
-    else if (store_get(r, c.id, &c) != 0 || strcmp(c.state, "requested") != 0)
+    if (rc == 0)
+        return 2;
+    reboot_announced(rb, c, "requested");
+    return 1;
+}
+
+static int process_command(void *arg)
+{
+    struct command_msg *cm = arg;
+    struct reboot *rb = cm->ln->l->rb;
+    struct redis *r = cm->r;
+    struct command c;
+    int rc;
+    if (strcmp(cm->origin, "automatic") == 0) {
+        /* an automatic request is new but on a replay: create first, one round trip less */
+        struct robot_view v;
+        rc = create_unseen(cm, &c, &v);
+        if (rc != 2)
+            return rc == 1 ? reboot_decide(rb, r, &c, false, &v) : rc;
+    }
+    rc = store_get(r, cm->id, &c);
+    if (rc == -EIO)
+        return rc;
+    if (rc == 0) {
+        if (strcmp(c.state, "requested") == 0)
+            return reboot_decide(rb, r, &c, false, NULL);
+        if (strcmp(c.state, "scheduled") == 0 && strcmp(cm->origin, "scheduled") == 0)
+            return reboot_decide(rb, r, &c, true, NULL);
+        skipped(rb, "already_handled");
         return 0;
-    return reboot_decide(rb, r, &c, false);
+    }
+    /* a command we have never seen (an API one whose record expired, or a lost race) */
+    rc = create_unseen(cm, &c, NULL);
+    if (rc == 1)
+        return reboot_decide(rb, r, &c, false, NULL);
+    if (rc == 2 && store_get(r, cm->id, &c) == 0 && strcmp(c.state, "requested") == 0)
+        return reboot_decide(rb, r, &c, false, NULL);
+    return rc < 0 ? rc : 0;
 }
 
 static bool id_ok(const char *s, size_t max)

@@ -24,25 +24,62 @@
 
 /* ---- robot view ---- */
 
+/* The counters the refusing rules read, from the pipeline's replies 1-3 (strings or nil). */
+static void read_counters(redisReply **rep, struct robot_view *v)
+{
+    v->paused = rep[1]->type == REDIS_REPLY_STRING && strcmp(rep[1]->str, "paused") == 0;
+    if (rep[2]->type == REDIS_REPLY_STRING)
+        str_to_int64(rep[2]->str, &v->last_ms);
+    if (rep[3]->type == REDIS_REPLY_STRING)
+        str_to_int64(rep[3]->str, &v->day_count);
+}
+
 int policy_robot(struct redis *r, const char *robot_id, struct robot_view *v)
 {
-    char key[KEY_MAX];
+    return policy_robot_with(r, robot_id, v, NULL, NULL);
+}
+
+int policy_robot_with(struct redis *r, const char *robot_id, struct robot_view *v,
+                      const struct redis_cmd *first, redisReply **first_rep)
+{
+    char key[KEY_MAX], k_last[KEY_MAX], k_day[KEY_MAX + 16];
     memset(v, 0, sizeof(*v));
+    v->read_ms = time_now_ms();
     snprintf(key, sizeof(key), "robot:%s", robot_id);
-    redisReply *rep = redis_cmd(r, "HGET", key, "record", (char *)NULL);
-    if (!rep || (rep->type != REDIS_REPLY_STRING && rep->type != REDIS_REPLY_NIL)) {
-        if (rep)
-            freeReplyObject(rep);
-        return -EIO;
+    snprintf(k_last, sizeof(k_last), "reboot:last:%s", robot_id);
+    policy_day_key(k_day, sizeof(k_day), robot_id, v->read_ms);
+    /* the record and the rules' counters in one round trip (after the caller's command) */
+    const char *a0[] = {"HGET", key, "record"};
+    const char *a1[] = {"HGET", "reboot:automation", "state"};
+    const char *a2[] = {"GET", k_last};
+    const char *a3[] = {"GET", k_day};
+    struct redis_cmd cmds[5] = {{0, NULL, NULL}};
+    size_t n = 0;
+    if (first)
+        cmds[n++] = *first;
+    cmds[n++] = (struct redis_cmd){3, a0, NULL};
+    cmds[n++] = (struct redis_cmd){3, a1, NULL};
+    cmds[n++] = (struct redis_cmd){2, a2, NULL};
+    cmds[n++] = (struct redis_cmd){2, a3, NULL};
+    redisReply *all[5] = {NULL, NULL, NULL, NULL, NULL};
+    int rc = redis_pipeline(r, n, cmds, all) == 0 ? 0 : -EIO;
+    redisReply **rep = first ? all + 1 : all;
+    if (first_rep)
+        *first_rep = all[0];
+    for (int i = 0; i < 4 && rc == 0; i++)
+        if (!rep[i] || (rep[i]->type != REDIS_REPLY_STRING && rep[i]->type != REDIS_REPLY_NIL))
+            rc = -EIO;
+    cJSON *rec = NULL;
+    if (rc == 0) {
+        read_counters(rep, v);
+        if (rep[0]->type == REDIS_REPLY_STRING)
+            rec = json_parse(rep[0]->str, rep[0]->len, NULL, 0);
     }
-    if (rep->type == REDIS_REPLY_NIL) {
-        freeReplyObject(rep);
-        return 0;
-    }
-    cJSON *rec = json_parse(rep->str, rep->len, NULL, 0);
-    freeReplyObject(rep);
+    for (int i = 0; i < 4; i++)
+        if (rep[i])
+            freeReplyObject(rep[i]);
     if (!rec)
-        return 0; /* an unreadable record is treated as no robot: never reboot blind */
+        return rc; /* no or an unreadable record is treated as no robot: never reboot blind */
     v->found = true;
     json_get_bool(rec, "busy", &v->busy);
     const char *src = json_get_str(rec, "source");
@@ -184,7 +221,7 @@ int policy_next_window(const char *text, int64_t duration_s, int64_t now_ms, int
 
 /* ---- refusing rules ---- */
 
-static void day_key(char *out, size_t n, const char *robot_id, int64_t now_ms)
+void policy_day_key(char *out, size_t n, const char *robot_id, int64_t now_ms)
 {
     time_t t = (time_t)(now_ms / 1000);
     struct tm tm;
@@ -193,78 +230,53 @@ static void day_key(char *out, size_t n, const char *robot_id, int64_t now_ms)
              tm.tm_mday);
 }
 
-int policy_check(struct reboot *rb, struct redis *r, const struct command *c,
-                 const struct robot_view *v, const char **rule, char *detail, size_t ndetail)
+int policy_check(struct reboot *rb, const struct command *c, const struct robot_view *v,
+                 const char **rule, char *detail, size_t ndetail)
 {
     struct reboot_settings set;
     reboot_settings_get(rb, &set);
     bool automatic = strcmp(c->origin, "automatic") == 0;
     bool hard = strcmp(c->mode, "hard") == 0;
-    int64_t now = time_now_ms();
+    int64_t now = v->read_ms;
     if (automatic && (!v->auto_reboot || (hard ? !v->mode_hard : !v->mode_soft))) {
         *rule = "robot_policy";
         snprintf(detail, ndetail, "the robot's policy does not allow automatic %s reboots",
                  c->mode);
         return 1;
     }
-    char k_last[KEY_MAX], k_day[KEY_MAX + 16];
-    snprintf(k_last, sizeof(k_last), "reboot:last:%s", c->robot_id);
-    day_key(k_day, sizeof(k_day), c->robot_id, now);
-    const char *a0[] = {"HGET", "reboot:automation", "state"};
-    const char *a1[] = {"GET", k_last};
-    const char *a2[] = {"GET", k_day};
-    struct redis_cmd cmds[] = {{3, a0, NULL}, {2, a1, NULL}, {2, a2, NULL}};
-    redisReply *rep[3] = {NULL, NULL, NULL};
-    int rc = -EIO;
-    if (redis_pipeline(r, 3, cmds, rep) != 0)
-        goto out;
-    for (int i = 0; i < 3; i++)
-        if (!rep[i] || (rep[i]->type != REDIS_REPLY_STRING && rep[i]->type != REDIS_REPLY_NIL))
-            goto out;
-    rc = 1;
-    if (rep[0]->type == REDIS_REPLY_STRING && strcmp(rep[0]->str, "paused") == 0 &&
-        (automatic || !c->force)) {
+    if (v->paused && (automatic || !c->force)) {
         *rule = "abort_switch";
         snprintf(detail, ndetail,
                  "automatic reboots are paused fleet-wide after too many failures; an operator "
                  "resumes them with POST /v1/automation/resume (or sends force)");
-        goto out;
+        return 1;
     }
     if (v->busy && !c->force) {
         *rule = "busy";
         snprintf(detail, ndetail, "the robot reports it is busy; an operator may send force");
-        goto out;
+        return 1;
     }
-    int64_t last = 0, count = 0;
-    if (rep[1]->type == REDIS_REPLY_STRING)
-        str_to_int64(rep[1]->str, &last);
+    int64_t last = v->last_ms, count = v->day_count;
     if (last > 0 && now - last < set.cooldown_s * 1000) {
         *rule = "cooldown";
         snprintf(detail, ndetail, "the robot was rebooted %llds ago; cooldown is %llds",
                  (long long)((now - last) / 1000), (long long)set.cooldown_s);
-        goto out;
+        return 1;
     }
-    if (rep[2]->type == REDIS_REPLY_STRING)
-        str_to_int64(rep[2]->str, &count);
     if (count >= set.max_per_day) {
         *rule = "daily_cap";
         snprintf(detail, ndetail, "the robot was rebooted %lld times today (UTC); the cap is %lld",
                  (long long)count, (long long)set.max_per_day);
-        goto out;
+        return 1;
     }
-    rc = 0;
-out:
-    for (int i = 0; i < 3; i++)
-        if (rep[i])
-            freeReplyObject(rep[i]);
-    return rc;
+    return 0;
 }
 
 void policy_count_dispatch(struct redis *r, const char *robot_id, int64_t now_ms)
 {
     char k_last[KEY_MAX], k_day[KEY_MAX + 16], now[24];
     snprintf(k_last, sizeof(k_last), "reboot:last:%s", robot_id);
-    day_key(k_day, sizeof(k_day), robot_id, now_ms);
+    policy_day_key(k_day, sizeof(k_day), robot_id, now_ms);
     snprintf(now, sizeof(now), "%lld", (long long)now_ms);
     const char *a0[] = {"SET", k_last, now, "EX", "604800"};
     const char *a1[] = {"INCR", k_day};
@@ -280,18 +292,6 @@ void policy_count_dispatch(struct redis *r, const char *robot_id, int64_t now_ms
 
 /* ---- fleet slots ---- */
 
-static const char ADMIT_LUA[] =
-    "if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then return 1 end\n"
-    "if redis.call('ZCARD', KEYS[2]) == 0 and\n"
-    "   redis.call('SCARD', KEYS[1]) < tonumber(ARGV[2]) then\n"
-    "  redis.call('SADD', KEYS[1], ARGV[1])\n"
-    "  return 1\n"
-    "end\n"
-    "if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then\n"
-    "  redis.call('ZADD', KEYS[2], redis.call('INCR', KEYS[3]), ARGV[1])\n"
-    "end\n"
-    "return 0\n";
-
 static const char RELEASE_LUA[] = "local out = {}\n"
                                   "while #out < tonumber(ARGV[2]) and\n"
                                   "      redis.call('SCARD', KEYS[1]) < tonumber(ARGV[1]) do\n"
@@ -302,20 +302,6 @@ static const char RELEASE_LUA[] = "local out = {}\n"
                                   "  out[#out + 1] = h[1]\n"
                                   "end\n"
                                   "return out\n";
-
-int policy_admit(struct reboot *rb, struct redis *r, const char *id)
-{
-    struct reboot_settings set;
-    reboot_settings_get(rb, &set);
-    char cap[24];
-    snprintf(cap, sizeof(cap), "%lld", (long long)set.fleet_max);
-    redisReply *rep = redis_cmd(r, "EVAL", ADMIT_LUA, "3", "reboot:active", "reboot:queue",
-                                "reboot:queue:seq", id, cap, (char *)NULL);
-    int rc = rep && rep->type == REDIS_REPLY_INTEGER ? (int)rep->integer : -EIO;
-    if (rep)
-        freeReplyObject(rep);
-    return rc;
-}
 
 int policy_release(struct reboot *rb, struct redis *r, char ids[][CMD_ID_MAX + 1], int room)
 {

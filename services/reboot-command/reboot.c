@@ -1,6 +1,7 @@
 /*
  * reboot-command's context and its decision core: the config keys and their
- * hot reload, the lifecycle transitions (Redis first, then the status event on
+ * hot reload, the lifecycle transitions (one Redis script that also puts the
+ * status event in the outbox, which outbox.c relays to
  * robot.command-status.v1), the policy decision for a requested or fired
  * command, and the fleet queue pump. The lanes, the leader, the dispatcher
  * workers and the API all come through here, so every transition is applied
@@ -264,35 +265,11 @@ static const char *metric_origin(const struct command *c)
     return strcmp(c->origin, "automatic") == 0 ? "automatic" : "api";
 }
 
-int reboot_emit_status(struct reboot *rb, const struct command *c, const char *state,
-                       const char *actor, const char *detail, int seq)
+void reboot_announced(struct reboot *rb, const struct command *c, const char *state)
 {
-    char id[CMD_ID_MAX + 24], t[TIME_RFC3339_LEN];
-    snprintf(id, sizeof(id), "%s.%d", c->id, seq);
-    time_format_rfc3339(time_now_ms(), t, sizeof(t));
-    cJSON *d = cJSON_CreateObject();
-    cJSON_AddStringToObject(d, "command_id", c->id);
-    cJSON_AddStringToObject(d, "robot_id", c->robot_id);
-    cJSON_AddStringToObject(d, "state", state);
-    cJSON_AddStringToObject(d, "mode", c->mode);
-    cJSON_AddStringToObject(d, "reason", c->reason);
-    cJSON_AddStringToObject(d, "origin", c->origin);
-    cJSON_AddStringToObject(d, "at", t);
-    cJSON_AddStringToObject(d, "actor", actor ? actor : "reboot-command");
-    if (detail)
-        cJSON_AddStringToObject(d, "detail", detail);
-    if (strcmp(c->origin, "api") == 0)
-        cJSON_AddStringToObject(d, "operator", c->requested_by);
-    else
-        cJSON_AddNullToObject(d, "operator");
     const char *labels[] = {state, metric_origin(c)};
     metric_series_add(metric_series(rb->m_commands, labels), 1);
-    int rc =
-        produce_event(rb, TOPIC_ROBOT_COMMAND_STATUS, id, "command.status", c->robot_id, d, NULL);
-    cJSON_Delete(d);
-    if (rc != 0)
-        LOG_WARN("cannot produce status '%s' of command '%s': %d", state, c->id, rc);
-    return rc;
+    outbox_kick(rb->outbox);
 }
 
 int reboot_transition(struct reboot *rb, struct redis *r, const struct command *c,
@@ -315,18 +292,18 @@ int reboot_transition(struct reboot *rb, struct redis *r, const struct command *
     cJSON_Delete(e);
     bool terminal = false, released = false;
     int seq = 0;
+    struct command cur = *c;
+    if (strcmp(t->to, "scheduled") == 0)
+        cur.at_ms = t->deadline_ms;
     int rc = store_transition(r, c->id, t, entry, now, set.record_ttl_s, &terminal, &released, prev,
-                              sizeof(prev), &seq);
+                              sizeof(prev), &seq, &cur);
     free(entry);
     if (rc != 1)
         return rc;
     struct log_field f[] = {{"robot.id", c->robot_id}, {"command.id", c->id}};
     log_fields(LOG_LEVEL_INFO, f, 2, "command %s -> %s%s%s", prev, t->to, t->detail ? ": " : "",
                t->detail ? t->detail : "");
-    struct command cur = *c;
-    if (strcmp(t->to, "scheduled") == 0)
-        cur.at_ms = t->deadline_ms;
-    reboot_emit_status(rb, &cur, t->to, t->actor, t->detail, seq);
+    reboot_announced(rb, &cur, t->to);
     if (terminal && (strcmp(prev, "dispatched") == 0 || strcmp(prev, "acknowledged") == 0))
         policy_record_outcome(rb, r, c->id, strcmp(t->to, "succeeded") == 0);
     if (released)
@@ -402,11 +379,14 @@ static int schedule_time(struct reboot *rb, struct redis *r, struct command *c,
     return 0;
 }
 
-int reboot_decide(struct reboot *rb, struct redis *r, struct command *c, bool fired)
+int reboot_decide(struct reboot *rb, struct redis *r, struct command *c, bool fired,
+                  const struct robot_view *known)
 {
     const char *from = fired ? "scheduled" : "requested";
     struct robot_view v;
-    if (policy_robot(r, c->robot_id, &v) != 0)
+    if (known)
+        v = *known;
+    else if (policy_robot(r, c->robot_id, &v) != 0)
         return -EIO;
     if (!v.found)
         return reject(rb, r, c, from, "unknown_robot", "the robot is not in the registry");
@@ -427,25 +407,27 @@ int reboot_decide(struct reboot *rb, struct redis *r, struct command *c, bool fi
     }
     const char *rule = NULL;
     char detail[256];
-    int rc = policy_check(rb, r, c, &v, &rule, detail, sizeof(detail));
-    if (rc < 0)
-        return rc;
+    int rc = policy_check(rb, c, &v, &rule, detail, sizeof(detail));
     if (rc == 1)
         return reject(rb, r, c, from, rule, detail);
-    rc = policy_admit(rb, r, c->id);
-    if (rc < 0)
-        return rc;
-    struct transition q = {.to = "queued",
-                           .from = from,
-                           .detail = rc == 1 ? NULL : "waiting for a fleet-wide reboot slot"};
-    int applied = reboot_transition(rb, r, c, &q);
-    if (applied != 1) {
-        if (rc == 1)
-            policy_slot_free(r, c->id);
-        return applied < 0 ? applied : 0;
+    /* slot or queue place, queued and (with a slot) dispatched: one script, one round trip */
+    struct reboot_settings set;
+    reboot_settings_get(rb, &set);
+    int64_t now = time_now_ms();
+    bool admitted = false;
+    char prev[16] = "";
+    rc = store_enter_fleet(r, c, from, set.fleet_max, now, now + set.ack_timeout_s * 1000,
+                           &admitted, prev, sizeof(prev));
+    if (rc != 1)
+        return rc < 0 ? rc : 0;
+    struct log_field f[] = {{"robot.id", c->robot_id}, {"command.id", c->id}};
+    log_fields(LOG_LEVEL_INFO, f, 2, "command %s -> queued%s", prev,
+               admitted ? " -> dispatched" : ": waiting for a fleet-wide reboot slot");
+    reboot_announced(rb, c, "queued");
+    if (admitted) {
+        reboot_announced(rb, c, "dispatched");
+        dispatcher_submit(rb->dispatch, c, v.source);
     }
-    if (rc == 1 && !start_dispatch(rb, r, c, v.source))
-        policy_slot_free(r, c->id);
     return 0;
 }
 
@@ -529,6 +511,9 @@ int reboot_start(struct reboot *rb, char *errbuf, size_t errsize)
     rb->leader = leader_new(rb, errbuf, errsize);
     if (!rb->leader)
         return -EINVAL;
+    rb->outbox = outbox_new(rb, errbuf, errsize);
+    if (!rb->outbox)
+        return -EINVAL;
     rb->lanes = lanes_new(rb, errbuf, errsize);
     if (!rb->lanes)
         return -EINVAL;
@@ -542,6 +527,7 @@ void reboot_stop(void *ud)
     lanes_stop(rb->lanes);
     leader_stop(rb->leader);
     dispatcher_stop(rb->dispatch);
+    outbox_stop(rb->outbox); /* after every writer: it relays their last events */
 }
 
 void reboot_free(struct reboot *rb)
@@ -551,6 +537,7 @@ void reboot_free(struct reboot *rb)
     lanes_free(rb->lanes);
     leader_free(rb->leader);
     dispatcher_free(rb->dispatch);
+    outbox_free(rb->outbox);
     source_cache_free(rb->sources);
     keyring_free(rb->keyring);
     pthread_rwlock_destroy(&rb->set_lock);

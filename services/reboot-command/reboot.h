@@ -3,8 +3,8 @@
  * other: reboot.c (context, settings, lifecycle transitions and their status
  * events), store.c (the command records in Redis), policy.c (robot view, cron
  * windows, safety rules, fleet slots, abort switch), dispatch.c (the vendor
- * worker pool), lanes.c (the Kafka consumers), leader.c (lease, schedule,
- * timeouts) and api.c (HTTP).
+ * worker pool), outbox.c (the status events' outbox relay), lanes.c (the Kafka
+ * consumers), leader.c (lease, schedule, timeouts) and api.c (HTTP).
  */
 #ifndef REBOOT_H
 #define REBOOT_H
@@ -28,6 +28,10 @@ struct source_cache;
 struct dispatcher;
 struct lanes;
 struct leader;
+struct outbox;
+struct robot_view;
+struct redis_cmd;
+struct redisReply;
 
 #define CMD_ID_MAX   200
 #define ROBOT_ID_MAX 128
@@ -84,6 +88,7 @@ struct reboot {
     struct dispatcher *dispatch;
     struct lanes *lanes;
     struct leader *leader;
+    struct outbox *outbox;
     char instance[96];
     int64_t started_ms;
 
@@ -121,15 +126,15 @@ struct transition {
 };
 /*
  * Applies one lifecycle transition atomically in Redis (only from the listed
- * states), then produces it to robot.command-status.v1. A terminal state
- * frees the command's fleet slot (and lets queued ones in) and feeds the
- * abort switch. 1 applied, 0 not (the command was in another state), -EIO.
+ * states) together with its status event in the outbox (outbox.c relays it to
+ * robot.command-status.v1). A terminal state frees the command's fleet slot
+ * (and lets queued ones in) and feeds the abort switch. 1 applied, 0 not (the
+ * command was in another state), -EIO.
  */
 int reboot_transition(struct reboot *rb, struct redis *r, const struct command *c,
                       const struct transition *t);
-/* Produces a command's status event without a Redis change (the "requested" one). */
-int reboot_emit_status(struct reboot *rb, const struct command *c, const char *state,
-                       const char *actor, const char *detail, int seq);
+/* Counts a stored transition (reboot_commands_total) and wakes the outbox relay. */
+void reboot_announced(struct reboot *rb, const struct command *c, const char *state);
 /* Produces robot.reboot.requested for c to robot.commands.v1; opaque goes to the callback. */
 int reboot_produce_command(struct reboot *rb, const struct command *c, const char *origin,
                            void *opaque);
@@ -144,19 +149,31 @@ int reboot_produce_command_sync(struct reboot *rb, const struct command *c, cons
 void reboot_pump_queue(struct reboot *rb, struct redis *r);
 /* Policy decision and its transitions for a command in state requested or scheduled. */
 /* 0 (decided, whatever the outcome) or -EIO (Redis could not tell: try again later). */
-int reboot_decide(struct reboot *rb, struct redis *r, struct command *c, bool fired);
+/* known: the robot view when the caller just read it, else NULL. */
+int reboot_decide(struct reboot *rb, struct redis *r, struct command *c, bool fired,
+                  const struct robot_view *known);
 /* A connection of its own for a busy thread; NULL only for a bad URL. */
 struct redis *reboot_redis_new(struct reboot *rb);
 const char *origin_name(enum cmd_origin o);
 
 /* ---- store.c ---- */
 /*
- * Creates cmd:{id} in state requested with its indexes; with an idempotency
+ * The data of a command's status event (robot.command-status.v1) as JSON text
+ * (you free it); at is the transition's time.
+ */
+char *store_status_data(const struct command *c, const char *state, const char *actor,
+                        const char *detail, const char *at);
+/*
+ * Creates cmd:{id} in state requested with its indexes and the "requested"
+ * status event in the outbox; with an idempotency
  * key (idem_key not NULL) only when the key is new. 1 created, 0 the command
  * (or key) existed (*existing gets the id), -EIO.
  */
 int store_create(struct redis *r, const struct command *c, const char *idem_key, int64_t idem_ttl_s,
                  char existing[CMD_ID_MAX + 1]);
+/* store_create without idempotency key, reading the robot view v in the same round trip. */
+int store_create_viewing(struct redis *r, const struct command *c, char existing[CMD_ID_MAX + 1],
+                         struct robot_view *v);
 /* Reads cmd:{id}: 0, -ENOENT, -EIO. */
 int store_get(struct redis *r, const char *id, struct command *out);
 /* The full record with its history as JSON (you delete it); NULL with *err = -ENOENT/-EIO. */
@@ -171,7 +188,18 @@ int store_list(struct redis *r, const char *robot_id, const char *state, int64_t
  */
 int store_transition(struct redis *r, const char *id, const struct transition *t,
                      const char *entry_json, int64_t now_ms, int64_t record_ttl_s, bool *terminal,
-                     bool *released, char *prev, size_t nprev, int *seq);
+                     bool *released, char *prev, size_t nprev, int *seq, const struct command *c);
+/*
+ * A decided command enters the fleet: in one script, from the states in from,
+ * it takes a fleet slot (or a place in the queue), goes to queued and, with a
+ * slot, on to dispatched (ack deadline ack_deadline_ms) with the dispatch
+ * counted for cooldown and the daily cap; both status events go to the outbox.
+ * 1 applied (*admitted tells whether it is dispatched now), 0 the command was
+ * in another state (*prev), -EIO.
+ */
+int store_enter_fleet(struct redis *r, const struct command *c, const char *from, int64_t fleet_max,
+                      int64_t now_ms, int64_t ack_deadline_ms, bool *admitted, char *prev,
+                      size_t nprev);
 bool state_is_terminal(const char *state);
 
 /* ---- policy.c ---- */
@@ -183,27 +211,41 @@ struct robot_view {
     char source[72];
     char cron[128];
     int64_t window_s; /* 0 = no maintenance window */
+    /* what the refusing rules need, read in the same round trip */
+    int64_t read_ms;   /* when */
+    bool paused;       /* the abort switch */
+    int64_t last_ms;   /* the robot's last dispatch (cooldown), 0 = none */
+    int64_t day_count; /* its dispatches this UTC day (daily cap) */
 };
-/* Reads the registry's robot:{id} record: 0 (found or not, see v->found) or -EIO. */
+/*
+ * Reads the registry's robot:{id} record and the counters of the refusing
+ * rules in one round trip: 0 (found or not, see v->found) or -EIO.
+ */
 int policy_robot(struct redis *r, const char *robot_id, struct robot_view *v);
 /*
- * Checks the rules that refuse (robot policy, abort switch, busy, cooldown,
- * daily cap). 0 allowed, else 1 with *rule and detail filled; -EIO when Redis
- * cannot tell (the caller refuses: never reboot on unknown state).
+ * The same, pipelined after first (NULL = none): its reply goes to *first_rep
+ * (yours to free; NULL when Redis did not answer).
  */
-int policy_check(struct reboot *rb, struct redis *r, const struct command *c,
-                 const struct robot_view *v, const char **rule, char *detail, size_t ndetail);
+int policy_robot_with(struct redis *r, const char *robot_id, struct robot_view *v,
+                      const struct redis_cmd *first, struct redisReply **first_rep);
+/*
+ * Checks the rules that refuse (robot policy, abort switch, busy, cooldown,
+ * daily cap) on what policy_robot read. 0 allowed, else 1 with *rule and
+ * detail filled.
+ */
+int policy_check(struct reboot *rb, const struct command *c, const struct robot_view *v,
+                 const char **rule, char *detail, size_t ndetail);
 /* Start of the robot's next maintenance window at or after now_ms (now_ms when inside one). */
 int policy_next_window(const char *cron, int64_t duration_s, int64_t now_ms, int64_t *start_ms);
 bool policy_cron_valid(const char *cron);
-/* Admission to a fleet slot: 1 admitted, 0 queued (in arrival order), -EIO. */
-int policy_admit(struct reboot *rb, struct redis *r, const char *id);
 /* Queued ids admitted now that slots are free (up to room); returns how many, or -EIO. */
 int policy_release(struct reboot *rb, struct redis *r, char ids[][CMD_ID_MAX + 1], int room);
 /* Gives a slot back (a queued command that could not be dispatched). */
 void policy_slot_free(struct redis *r, const char *id);
 /* Records a dispatched reboot's outcome for the abort switch; true when it tripped now. */
 bool policy_record_outcome(struct reboot *rb, struct redis *r, const char *id, bool ok);
+/* The daily cap's counter key reboot:day:{robot}:{yyyymmdd} (UTC) for now_ms. */
+void policy_day_key(char *out, size_t n, const char *robot_id, int64_t now_ms);
 /* Counts a dispatch for cooldown and the daily cap. */
 void policy_count_dispatch(struct redis *r, const char *robot_id, int64_t now_ms);
 /* The abort switch: paused or not; state JSON for the API (you delete it). */
@@ -220,6 +262,13 @@ void dispatcher_submit(struct dispatcher *d, const struct command *c, const char
 void dispatcher_reconfigure(struct dispatcher *d, const struct cfg *cfg);
 void dispatcher_stop(struct dispatcher *d);
 void dispatcher_free(struct dispatcher *d);
+
+/* ---- outbox.c ---- */
+struct outbox *outbox_new(struct reboot *rb, char *errbuf, size_t errsize);
+/* A transition was stored here: relay soon. */
+void outbox_kick(struct outbox *ob);
+void outbox_stop(struct outbox *ob);
+void outbox_free(struct outbox *ob);
 
 /* ---- lanes.c ---- */
 struct lanes *lanes_new(struct reboot *rb, char *errbuf, size_t errsize);

@@ -1,7 +1,7 @@
 """reboot-command benchmark (scripts/bench.sh bench_reboot).
 
-Writes BENCH_REBOOT_COMMANDS robots (one vendor source pointing at a fast
-asyncio fake vendor that answers 202 at once), starts reboot-command with a
+Writes BENCH_REBOOT_COMMANDS robots (one vendor source pointing at the C
+robot simulator, which answers 202 at once on keep-alive connections), starts reboot-command with a
 policy that lets every command through (no cooldown, no fleet cap), fills
 robot.commands.v1 with one automatic hard reboot per robot, then measures
 commands/s from the topic to the vendor's POST (first to last vendor call) and
@@ -11,10 +11,10 @@ reboot_dispatch_latency_seconds histogram. Prints one JSON line last.
     python3 tests/bench/reboot_bench.py BUILD WORKDIR
 """
 
-import asyncio
 import base64
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -31,56 +31,70 @@ BS = os.environ["KAFKA_BOOTSTRAP_SERVERS"]
 CLK = os.sysconf("SC_CLK_TCK")
 
 
-class FastVendor:
-    """Minimal HTTP/1.1 responder on asyncio: 202 for every POST, keep-alive."""
+class SimVendor:
+    """The project's C robot simulator (build/bin/robot-sim) as the vendor: it
+    answers POST /v1/robots/{id}/commands with 202 on keep-alive connections and
+    remembers every Idempotency-Key (a repeated key counts as a duplicate). Its
+    robots do not heartbeat or finish reboots during the run. A poller thread
+    reads /sim/stats to time the first and the last accepted command."""
 
-    def __init__(self, prefix):
-        self.prefix = prefix.encode()
-        self.count = 0
+    def __init__(self, build, workdir, n):
+        self.port = int(os.environ.get("SIM_PORT") or free_port())
+        self.token = "bench-token"
+        self.log = open(os.path.join(workdir, "logs", "robot-sim.log"), "wb")
+        self.proc = subprocess.Popen(
+            [f"{build}/bin/robot-sim", "--token", self.token, "--port", str(self.port),
+             "--robots", str(n), "--fleets", "1", "--id-prefix", "rb-",
+             "--heartbeat-ms", "3600000", "--reboot-ms", "3600000", "--status-prob", "0",
+             "--fault-prob", "0", "--log-level", "warn"],
+            stdout=self.log, stderr=subprocess.STDOUT)
+        self.count = self.dupes = 0
         self.first = self.last = None
-        self.keys = set()
-        self.dupes = 0
-        self.ready = threading.Event()
-        threading.Thread(target=self._run, daemon=True).start()
-        self.ready.wait()
+        self.stop = False
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            try:
+                self.stats()
+                break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            self.proc.kill()
+            sys.exit("robot-sim did not start")
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+        self.thread.start()
 
-    async def _conn(self, reader, writer):
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length, key = 0, None
-                for line in head.split(b"\r\n"):
-                    k, _, v = line.partition(b":")
-                    k = k.strip().lower()
-                    if k == b"content-length":
-                        length = int(v)
-                    elif k == b"idempotency-key":
-                        key = v.strip()
-                if length:
-                    await reader.readexactly(length)
-                if key and key.startswith(self.prefix):  # not a leftover of an earlier run
-                    now = time.monotonic()
-                    self.first = self.first or now
-                    self.last = now
-                    self.count += 1
-                    if key in self.keys:
-                        self.dupes += 1
-                    self.keys.add(key)
-                writer.write(b"HTTP/1.1 202 Accepted\r\nContent-Type: application/json\r\n"
-                             b"Content-Length: 2\r\n\r\n{}")
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
-            pass
-        finally:
-            writer.close()
+    def stats(self):
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/sim/stats", timeout=5) as r:
+            return json.loads(r.read())["commands"]
 
-    def _run(self):
-        async def main():
-            server = await asyncio.start_server(self._conn, "127.0.0.1", 0, backlog=1024)
-            self.port = server.sockets[0].getsockname()[1]
-            self.ready.set()
-            await server.serve_forever()
-        asyncio.run(main())
+    def _poll(self):
+        while not self.stop:
+            try:
+                c = self.stats()
+            except OSError:
+                time.sleep(0.02)
+                continue
+            now = time.monotonic()
+            n = int(c["accepted"])
+            if n and self.first is None:
+                self.first = now
+            if n > self.count:
+                self.last = now
+            self.count, self.dupes = n, int(c["duplicates_suppressed"])
+            time.sleep(0.02)
+
+    def close(self):
+        self.stop = True
+        self.thread.join()
+        self.proc.terminate()
+        self.proc.wait(30)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def seal(aad, plain):
@@ -121,17 +135,17 @@ def p99_ms(text):
 def main():
     build, workdir = sys.argv[1], sys.argv[2]
     run = int(time.time())
-    vendor = FastVendor("bench-%d-" % run)
+    vendor = SimVendor(build, workdir, N)
     r = redis.Redis.from_url(os.environ["REDIS_URL"])
     src = "bench-vendor"
     r.hset(f"source:{src}", mapping={
         "id": src, "base_url": f"http://127.0.0.1:{vendor.port}",
         "signature_scheme": "standard-webhooks",
-        "api_token": seal(f"source:{src}:api_token", b"bench-token"),
+        "api_token": seal(f"source:{src}:api_token", vendor.token.encode()),
         "webhook_secrets": seal(f"source:{src}:webhook_secrets", b"[]"), "version": 1})
     pipe = r.pipeline(transaction=False)
     for i in range(N):
-        rid = "rb-%06d" % i
+        rid = "rb-%05d" % (i + 1)
         rec = {"id": rid, "name": rid, "model": "AX", "fleet": "f", "source": src,
                "status": "online", "labels": {}, "policy": {"auto_reboot": True, "modes": ["soft", "hard"]},
                "maintenance_window": None, "busy": False, "version": 1,
@@ -165,13 +179,14 @@ def main():
             time.sleep(0.2)
     else:
         proc.kill()
+        vendor.close()
         sys.exit("reboot-command did not become ready")
 
     p = Producer({"bootstrap.servers": BS, "linger.ms": 20, "enable.idempotence": True})
     now = float(run)
     t_produce = time.monotonic()
     for i in range(N):
-        rid = "rb-%06d" % i
+        rid = "rb-%05d" % (i + 1)
         cid = "bench-%d-%06d" % (int(now), i)
         ce = {"specversion": "1.0", "id": cid, "source": "/bench", "type": "robot.reboot.requested",
               "subject": rid, "time": iso(now), "datacontenttype": "application/json",
@@ -197,6 +212,8 @@ def main():
             rss = int(line.split()[1]) / 1024
     proc.terminate()
     rc = proc.wait(60)
+    time.sleep(0.1)
+    vendor.close()
     span = (vendor.last or 0) - (vendor.first or 0)
     out = {"commands": N, "dispatched": vendor.count, "duplicates": vendor.dupes,
            "cmds_per_s": round(vendor.count / span, 1) if span > 0 else None,

@@ -64,10 +64,11 @@ def world(r, vendor):
 def start(service, tmp_path):
     group = "rc-test-" + uuid.uuid4().hex[:8]
 
-    def make(group_id=None, **overrides):
+    def make(group_id=None, env=None, **overrides):
         cfg = write_config(tmp_path, **{**FAST, **{k.replace("__", "."): v
                                                    for k, v in overrides.items()}})
-        svc = service("reboot-command", env={"REBOOT_CONSUMER_GROUP": group_id or group},
+        svc = service("reboot-command",
+                      env={"REBOOT_CONSUMER_GROUP": group_id or group, **(env or {})},
                       config=cfg).wait_ready()
         return svc, Api(svc)
     return make
@@ -279,13 +280,12 @@ def test_fleet_cap_queues_and_releases_in_order(start, world, vendor, kafka):
     svc, api = start(reboot__fleet_max_concurrent=1)
     robots = [world.robot() for _ in range(3)]
     ids = []
-    for rid in robots:
+    # one after another: the robots may be on different lanes, arrival order is the test's
+    for rid, state in zip(robots, ["dispatched", "queued", "queued"]):
         status, doc = api.reboot(rid)
         assert status == 202
         ids.append(doc["command_id"])
-    api.wait_state(ids[0], "dispatched")
-    api.wait_state(ids[1], "queued")
-    api.wait_state(ids[2], "queued")
+        api.wait_state(ids[-1], state)
     assert metric(svc, "reboot_queue_depth") == 2
     time.sleep(0.5)
     assert api.command(ids[1])["state"] == "queued"
@@ -303,6 +303,7 @@ def test_cancel_only_before_dispatch(start, world):
     svc, api = start(reboot__fleet_max_concurrent=1)
     a, b = world.robot(), world.robot()
     ca = api.reboot(a)[1]["command_id"]
+    api.wait_state(ca, "dispatched")  # a holds the one slot (robots may be on other lanes)
     cb = api.reboot(b)[1]["command_id"]
     api.wait_state(cb, "queued")
     status, doc = api.post(f"/v1/commands/{cb}/cancel")
@@ -503,3 +504,166 @@ def test_sigterm_exits_cleanly(start):
     svc, api = start()
     assert svc.stop() == 0
     svc.log_records()
+
+
+def test_listing_filters_walk_past_the_scan_cap_without_gaps(start, r):
+    """3,000 commands written in the documented layout (more than one page's
+    scan cap): every filter returns each match once, oldest first."""
+    svc, api = start()
+    base = int(time.time() * 1000) + 10 * 86400 * 1000  # after every other test's commands
+    ra, rb = unique("robot"), unique("robot")
+    tag = uuid.uuid4().hex[:6]
+    rows = []
+    pipe = r.pipeline(transaction=False)
+    for i in range(3000):
+        cid = f"lst-{tag}-{i:05d}"
+        ms = base + i // 3  # three commands share each millisecond
+        robot = rb if i % 400 == 7 or i >= 2990 else ra
+        state = "succeeded" if i == 5 or i >= 2985 else "failed" if i % 700 == 1 else "rejected"
+        iso = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms / 1000)) + ".%03dZ" % (ms % 1000)
+        pipe.hset(f"cmd:{cid}", mapping={
+            "id": cid, "robot_id": robot, "mode": "soft", "reason": "list", "origin": "api",
+            "force": "0", "window": "", "at_ms": "0", "requested_by": "alice", "state": state,
+            "created_ms": ms, "created_at": iso, "updated_at": iso})
+        pipe.zadd(f"cmds:robot:{robot}", {cid: ms})
+        pipe.zadd("cmds:all", {cid: ms})
+        rows.append((cid, robot, state, ms))
+    pipe.execute()
+    since = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(base / 1000)) + ".%03dZ" % (base % 1000)
+    try:
+        def walk(query, limit):
+            seen, cursor, pages = [], None, 0
+            while True:
+                q = f"/v1/commands?{query}&limit={limit}" + (f"&cursor={cursor}" if cursor else "")
+                status, page = api.get(q)
+                assert status == 200, page
+                assert len(page["items"]) <= limit
+                seen += [i["command_id"] for i in page["items"]]
+                cursor = page["next_cursor"]
+                pages += 1
+                assert pages < 100
+                if not cursor:
+                    return seen
+
+        def want(pred):
+            return [c for c, robot, state, ms in rows if pred(robot, state, ms)]
+
+        cases = [
+            (f"since={since}", 500, want(lambda rob, st, ms: True)),
+            (f"since={since}&state=succeeded", 50, want(lambda rob, st, ms: st == "succeeded")),
+            (f"since={since}&state=failed", 3, want(lambda rob, st, ms: st == "failed")),
+            (f"robot_id={ra}&state=succeeded", 7, want(lambda rob, st, ms: rob == ra and st == "succeeded")),
+            (f"robot_id={rb}&since={since}", 4, want(lambda rob, st, ms: rob == rb)),
+        ]
+        for query, limit, expected in cases:
+            got = walk(query, limit)
+            assert len(got) == len(set(got)), f"duplicates for {query}"
+            assert got == expected, f"{query}: {len(got)} of {len(expected)}"
+        # a later `since` starts inside the same-millisecond groups
+        later = base + 999
+        iso_later = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(later / 1000)) + ".%03dZ" % (later % 1000)
+        assert walk(f"since={iso_later}&state=rejected", 100) == \
+            want(lambda rob, st, ms: st == "rejected" and ms >= later)
+    finally:
+        pipe = r.pipeline(transaction=False)
+        for cid, robot, _, _ in rows:
+            pipe.delete(f"cmd:{cid}")
+            pipe.zrem(f"cmds:robot:{robot}", cid)
+            pipe.zrem("cmds:all", cid)
+        pipe.execute()
+
+
+def test_safety_policy_released_in_config_center_applies_without_restart(start, world, r):
+    """The reboot-command namespace released the way config-center stores it
+    (config:reboot-command:released) changes cooldown and the daily cap live."""
+    import hashlib
+    ns = "config:reboot-command:released"
+    r.delete(ns)
+
+    def release(version, doc):
+        content = json.dumps(doc)
+        r.hset(ns, mapping={"version": version, "content": content,
+                            "checksum": hashlib.sha256(content.encode()).hexdigest()})
+        wait_for(lambda: metric(svc, "config_version", 'namespace="reboot-command"') == version,
+                 10, f"config version {version} applied")
+
+    # config-center announces releases on its topic; the client's resync finds them without it
+    svc, api = start(env={"CONFIG_RESYNC_S": "1"}, reboot__cooldown_s=3600,
+                     reboot__max_per_robot_per_day=100)
+    try:
+        assert metric(svc, "config_version", 'namespace="reboot-command"') == 0
+        pid = svc.proc.pid
+        rid = world.robot()
+        status, doc = api.reboot(rid)
+        assert status == 202
+        api.wait_state(doc["command_id"], "dispatched")
+        status, doc = api.reboot(rid)
+        assert status == 409 and doc["rule"] == "cooldown", doc
+        # release 1: no cooldown -> the same request is admitted now
+        release(1, {"reboot": {"cooldown_s": 0}})
+        status, doc = api.reboot(rid)
+        assert status == 202, doc
+        api.wait_state(doc["command_id"], "dispatched")
+        # release 2: daily cap 2 -> the robot's third reboot today is refused
+        release(2, {"reboot": {"cooldown_s": 0, "max_per_robot_per_day": 2}})
+        status, doc = api.reboot(rid)
+        assert status == 409 and doc["rule"] == "daily_cap", doc
+        other = world.robot()
+        assert api.reboot(other)[0] == 202
+        assert svc.proc.pid == pid and svc.proc.poll() is None  # no restart
+    finally:
+        r.delete(ns)
+
+
+def test_kill_9_after_transitions_loses_no_status_event(start, world, vendor, kafka, infra):
+    """kill -9 with many commands in flight: after a restart every transition in
+    every command's Redis history has its event on robot.command-status.v1 (the
+    outbox), and no command is dispatched twice."""
+    tail = StatusTail(infra["KAFKA_BOOTSTRAP_SERVERS"])
+    group = "rc-crash-" + uuid.uuid4().hex[:8]
+    cfg = dict(group_id=group, reboot__fleet_max_concurrent=1000, reboot__stuck_after_s=2)
+    svc, api = start(**cfg)
+    robots = [world.robot() for _ in range(150)]
+    ids = []
+    for rid in robots:
+        cid = f"crash-{rid}"
+        ce = {"specversion": "1.0", "id": cid, "source": "/stream-processor",
+              "type": "robot.reboot.requested", "subject": rid, "time": now_iso(),
+              "datacontenttype": "application/json",
+              "data": {"command_id": cid, "robot_id": rid, "mode": "hard", "reason": "offline",
+                       "origin": "automatic", "requested_at": now_iso(), "force": False}}
+        kafka.p.produce("robot.commands.v1", key=rid.encode(), value=json.dumps(ce).encode())
+        ids.append(cid)
+    assert kafka.p.flush(15) == 0
+    wait_for(lambda: len(vendor.calls) >= 10, 20, "dispatches under way")
+    svc.proc.send_signal(signal.SIGKILL)
+    svc.proc.wait()
+    in_flight = len(ids) - len({c["key"] for c in vendor.calls})
+    svc2, api2 = start(**cfg)
+    for cid in ids:
+        api2.wait_state(cid, "dispatched", timeout=30)
+    histories = {cid: api2.command(cid)["history"] for cid in ids}
+    expected = {f"{cid}.{i + 1}": (cid, h["state"])
+                for cid, hist in histories.items() for i, h in enumerate(hist)}
+
+    def events_by_id(msgs):
+        out = {}
+        for m in msgs:
+            ev = json.loads(m.value())
+            if ev["data"]["command_id"] in histories:
+                out.setdefault(ev["id"], set()).add((ev["data"]["command_id"], ev["data"]["state"]))
+        return out
+    tail.until(lambda msgs: set(events_by_id(msgs)) >= set(expected), timeout=30)
+    got = events_by_id(tail.messages)
+    tail.close()
+    missing = set(expected) - set(got)
+    assert not missing, sorted(missing)[:5]
+    assert set(got) == set(expected), sorted(set(got) - set(expected))[:5]
+    for eid, (cid, state) in expected.items():
+        assert got[eid] == {(cid, state)}, eid  # a repeat carries the same id and state
+    for cid, hist in histories.items():
+        assert [h["state"] for h in hist].count("dispatched") == 1, cid
+        calls = vendor.calls_for(cid)
+        assert 1 <= len(calls) <= 2, (cid, len(calls))  # a resend after the kill keeps the key
+        assert all(c["body"] == calls[0]["body"] for c in calls)
+    assert in_flight > 0  # the kill really hit commands in flight

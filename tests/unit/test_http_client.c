@@ -2,7 +2,8 @@
  * Unit tests for http_client against a real HTTP server on 127.0.0.1 (the
  * libcommon http_server with scripted handlers): retries on 5xx and 429 with
  * Retry-After, no retry on 4xx, timeouts, network errors, the body cap, the
- * bearer token and body on the wire, and the circuit breaker's three states.
+ * bearer token and body on the wire, the circuit breaker's three states, and
+ * keep-alive connection reuse through the client's handle pool.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -11,6 +12,7 @@
 
 #include <cmocka.h>
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -286,6 +288,54 @@ static void test_breaker_opens_half_opens_and_closes(void **state)
     http_client_free(c);
 }
 
+static atomic_int loop_failures;
+
+/* A caller thread: 25 GETs; failures are counted (cmocka asserts only on the main thread). */
+static void *get_loop(void *arg)
+{
+    struct http_client *c = arg;
+    for (int i = 0; i < 25; i++) {
+        struct http_client_response resp;
+        if (do_get(c, "/flaky", &resp) != 0 || resp.status != 200)
+            atomic_fetch_add(&loop_failures, 1);
+        http_client_response_release(&resp);
+    }
+    return NULL;
+}
+
+/* Sequential and concurrent calls reuse pooled connections; max_idle < 0 opens one per call. */
+static void test_reuses_connections(void **state)
+{
+    (void)state;
+    struct http_client *c = client(0);
+    struct http_client_response resp;
+    atomic_store(&fail_first, 0);
+    for (int i = 0; i < 20; i++) {
+        assert_int_equal(do_get(c, "/flaky", &resp), 0);
+        assert_int_equal(resp.status, 200);
+        http_client_response_release(&resp);
+    }
+    assert_int_equal(http_client_connects(c), 1);
+    pthread_t t[4];
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(pthread_create(&t[i], NULL, get_loop, c), 0);
+    for (int i = 0; i < 4; i++)
+        pthread_join(t[i], NULL);
+    assert_int_equal(atomic_load(&loop_failures), 0);
+    /* four callers at once need at most four connections, whatever the interleaving */
+    assert_true(http_client_connects(c) <= 4);
+    http_client_free(c);
+
+    struct http_client_options o = {.max_idle = -1, .timeout_ms = 300};
+    c = http_client_new(&o);
+    for (int i = 0; i < 5; i++) {
+        assert_int_equal(do_get(c, "/flaky", &resp), 0);
+        http_client_response_release(&resp);
+    }
+    assert_int_equal(http_client_connects(c), 5);
+    http_client_free(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -297,6 +347,7 @@ int main(void)
         cmocka_unit_test(test_body_cap),
         cmocka_unit_test(test_sends_token_and_body),
         cmocka_unit_test(test_breaker_opens_half_opens_and_closes),
+        cmocka_unit_test(test_reuses_connections),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
