@@ -186,6 +186,14 @@ void deliver_events(struct deliver *d, char **events, const uint8_t *types, size
         free(events[i]);
 }
 
+static bool stopping(struct deliver *d)
+{
+    pthread_mutex_lock(&d->mu);
+    bool stop = d->stop;
+    pthread_mutex_unlock(&d->mu);
+    return stop;
+}
+
 static void send_one(struct deliver *d, struct job *j)
 {
     char ts[24], sig[64], hdr_id[80], hdr_ts[48], hdr_sig[96];
@@ -209,7 +217,21 @@ static void send_one(struct deliver *d, struct job *j)
                                       .headers = headers,
                                       .max_retries = -1};
     struct http_client_response resp;
-    int rc = http_client_do(d->http, &req, &resp);
+    int rc, attempts = 0;
+    for (int round = 0;; round++) {
+        rc = http_client_do(d->http, &req, &resp);
+        attempts += resp.attempts;
+        /* 409 with Retry-After: the receiver still handles an earlier attempt of this
+         * webhook-id (webhook-ingest while Kafka has not answered it): send it again
+         * later, like 5xx, within the same retry budget. */
+        if (rc != 0 || resp.status != 409 || resp.retry_after_s < 0 || round >= d->o->max_retries ||
+            stopping(d))
+            break;
+        int64_t wait_ms = resp.retry_after_s > 30 ? 30000 : (int64_t)resp.retry_after_s * 1000;
+        http_client_response_release(&resp);
+        time_sleep_ms(wait_ms > 0 ? wait_ms : 200);
+    }
+    resp.attempts = attempts;
     atomic_fetch_add_explicit(&d->st->deliveries, 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&d->st->attempts, (uint_fast64_t)resp.attempts, memory_order_relaxed);
     if (rc != 0) {

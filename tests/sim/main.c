@@ -46,7 +46,7 @@ static const char usage[] =
     "  --max-batch N          events per webhook delivery (100)\n"
     "  --senders N            sender threads (4)\n"
     "  --tick-ms MS           timer resolution and batching period (100)\n"
-    "  --retries N            delivery retries on 5xx/429/network errors (5)\n"
+    "  --retries N            delivery retries on 5xx/429/409/network errors (5)\n"
     "  --timeout-ms MS        one delivery attempt (5000)\n"
     "  --queue-max N          deliveries queued before dropping (10000)\n"
     "  --silent R@T[+D]       robot number R goes silent at T s (for D s; else for ever)\n"
