@@ -160,6 +160,9 @@ bench_ingest_one() {
   done
 
   out=$LOG_DIR/ingest-load-$broker.out
+  # Other work on the machine skews every figure: show the load next to them.
+  local load0 load1
+  load0=$(cut -d' ' -f1-3 /proc/loadavg)
   INGEST_LOAD_SECRET=$secret "$BUILD/bin/ingest-load" --port "$port" --source bench \
     --connections "$CONNECTIONS" --warmup "$WARMUP" --duration "$DURATION" > "$out" 2>&1 &
   local load_pid=$!
@@ -171,6 +174,7 @@ bench_ingest_one() {
   wait "$load_pid" || rc=$?
   c1=$(cpu_ticks "$SVC_PID")
   t1=$(date +%s.%N)
+  load1=$(cut -d' ' -f1-3 /proc/loadavg)
   hwm=$(status_kb "$SVC_PID" VmHWM)
   rss=$(status_kb "$SVC_PID" VmRSS)
   cpu=$(awk -v a="$c0" -v b="$c1" -v t0="$t0" -v t1="$t1" -v hz="$CLK_TCK" \
@@ -183,6 +187,7 @@ bench_ingest_one() {
   SVC_PID=""
   [ "$svc_rc" = 0 ] || FAILED+=("ingest/$broker: webhook-ingest exited $svc_rc on SIGTERM")
   echo "   webhook-ingest: cpu ${cpu}% of one core, VmHWM $((hwm / 1024)) MiB, VmRSS at end $((rss / 1024)) MiB, exit $svc_rc"
+  echo "   machine load average (1/5/15 min): $load0 before, $load1 after the run ($(nproc) CPUs)"
   stop_broker "$broker"
   scripts/redis-local.sh stop > /dev/null
 
@@ -193,12 +198,18 @@ bench_ingest_one() {
     return 0
   fi
   [ "$rc" = 0 ] || FAILED+=("ingest/$broker: ingest-load exit $rc (under 99% accepted)")
-  local arps p50 p99 hwm_mib
+  local arps p50 p99 hwm_mib lg_cpu svc_us
   arps=$(json_field "$json" accepted_rps)
+  lg_cpu=$(json_field "$json" loadgen_cpu_pct)
+  svc_us=$(awk -v a="$c0" -v b="$c1" -v hz="$CLK_TCK" -v n="$(json_field "$json" requests)" \
+    -v s="$(json_field "$json" duration_s)" -v t0="$t0" -v t1="$t1" \
+    'BEGIN { r = n / s; printf "%.0f", (r > 0 ? (b - a) / hz / (t1 - t0) / r * 1e6 : 0) }')
+  echo "   webhook-ingest cpu per request ${svc_us} us; ingest-load used ${lg_cpu}% of one core"
+
   p50=$(json_field "$json" p50_ms)
   p99=$(json_field "$json" p99_ms)
   hwm_mib=$(awk -v k="$hwm" 'BEGIN { printf "%.1f", k / 1024 }')
-  SUMMARY+=("ingest	$broker	$(printf '%.0f' "$arps")	$p50	$p99	$cpu	$hwm_mib	rps $(met "$arps" '>=' 20000), p99 $(met "$p99" '<=' 25), rss $(met "$hwm_mib" '<=' 64)")
+  SUMMARY+=("ingest	$broker	$(printf '%.0f' "$arps")	$p50	$p99	$cpu	$hwm_mib	rps $(met "$arps" '>=' 20000), p99 $(met "$p99" '<=' 25), rss $(met "$hwm_mib" '<=' 64); svc ${svc_us} us/req, loadgen ${lg_cpu}% cpu, load ${load1%% *}")
 }
 
 bench_ingest() {
@@ -438,11 +449,13 @@ bench_stream() {
 
 # Commands/s from robot.commands.v1 to the vendor's POST, and the p99 from the
 # dispatch decision to the vendor's answer, over BENCH_REBOOT_COMMANDS automatic
-# requests (one per robot) against a fast fake vendor (tests/bench/reboot_bench.py).
+# requests (one per robot) against the C robot simulator (build/bin/robot-sim) as
+# a fast vendor (tests/bench/reboot_bench.py).
 bench_reboot() {
   local broker=apache out json rc=0 cps p99 cpu rss
   echo "== reboot / $broker (${BENCH_REBOOT_COMMANDS:-20000} commands)"
   [ -x "$BUILD/bin/reboot-command" ] || die "$BUILD/bin/reboot-command is missing: run 'make'"
+  [ -x "$BUILD/bin/robot-sim" ] || die "$BUILD/bin/robot-sim (the bench's vendor) is missing: run 'make'"
   eval "$(scripts/redis-local.sh start | grep '^REDIS_URL=')"
   export REDIS_URL
   start_broker "$broker"
