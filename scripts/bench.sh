@@ -32,6 +32,13 @@ MOCK_PID=""
 
 # ---- shared helpers ---------------------------------------------------------
 
+# Starts the run's Redis (or finds it running) and empties it: the data of an
+# earlier benchmark (sealed under another SECRETS_KEY) must not leak into the next.
+fresh_redis() {
+  eval "$(scripts/redis-local.sh start | grep '^REDIS_URL=')"
+  redis-cli -u "$REDIS_URL" FLUSHALL > /dev/null || die "cannot empty the bench Redis at $REDIS_URL"
+}
+
 cleanup() {
   [ -n "$SVC_PID" ] && kill -TERM "$SVC_PID" 2>/dev/null && wait "$SVC_PID" 2>/dev/null || true
   [ -n "$MOCK_PID" ] && kill -TERM "$MOCK_PID" 2>/dev/null && wait "$MOCK_PID" 2>/dev/null || true
@@ -134,7 +141,7 @@ PY
 bench_ingest_one() {
   local broker=$1 port secret out json rc t0 t1 c0 c1 cpu hwm rss svc_rc
   echo "== ingest / $broker"
-  eval "$(scripts/redis-local.sh start | grep '^REDIS_URL=')"
+  fresh_redis
   export REDIS_URL
   start_broker "$broker"
   SECRETS_KEY=$(head -c 32 /dev/urandom | base64)
@@ -242,7 +249,7 @@ bench_config() {
   echo "== config / apache"
   [ -x "$BUILD/bin/config-center" ] && [ -x "$BUILD/bin/webhook-ingest" ] ||
     die "$BUILD/bin/config-center or webhook-ingest is missing: run 'make'"
-  eval "$(scripts/redis-local.sh start | grep '^REDIS_URL=')"
+  fresh_redis
   export REDIS_URL
   start_broker apache
   SECRETS_KEY=$(head -c 32 /dev/urandom | base64)
@@ -327,7 +334,7 @@ bench_registry() {
   echo "== registry / $broker ($robots robots)"
   [ -x "$BUILD/bin/robot-registry" ] || die "$BUILD/bin/robot-registry is missing: run 'make'"
   command -v wrk > /dev/null || die "wrk is not installed (apt-get install wrk)"
-  eval "$(scripts/redis-local.sh start | grep '^REDIS_URL=')"
+  fresh_redis
   export REDIS_URL
   start_broker "$broker"
   SECRETS_KEY=$(head -c 32 /dev/urandom | base64)
@@ -421,7 +428,7 @@ bench_stream() {
   echo "== stream / $broker (${BENCH_SP_EVENTS:-1000000} events, ${BENCH_ROBOTS:-100000} robots)"
   [ -x "$BUILD/bin/stream-processor" ] || die "$BUILD/bin/stream-processor is missing: run 'make'"
   command -v kcat > /dev/null || die "kcat is not installed (apt-get install kcat)"
-  eval "$(scripts/redis-local.sh start | grep '^REDIS_URL=')"
+  fresh_redis
   export REDIS_URL
   start_broker "$broker"
   out=$LOG_DIR/stream-bench.out
@@ -456,7 +463,7 @@ bench_reboot() {
   echo "== reboot / $broker (${BENCH_REBOOT_COMMANDS:-20000} commands)"
   [ -x "$BUILD/bin/reboot-command" ] || die "$BUILD/bin/reboot-command is missing: run 'make'"
   [ -x "$BUILD/bin/robot-sim" ] || die "$BUILD/bin/robot-sim (the bench's vendor) is missing: run 'make'"
-  eval "$(scripts/redis-local.sh start | grep '^REDIS_URL=')"
+  fresh_redis
   export REDIS_URL
   start_broker "$broker"
   SECRETS_KEY=$(head -c 32 /dev/urandom | base64)
