@@ -7,6 +7,7 @@
 #   make asan       the same build with AddressSanitizer + UndefinedBehaviorSanitizer
 #   make fuzz       libFuzzer targets for every parser of outside input (clang); make fuzz-run runs them
 #   make bench      benchmarks (figures printed, nothing asserted)
+#   make soak       30 min steady load on the release build: RSS flat, no event lost (SOAK_SECONDS)
 #   make deps       install every Debian package the project needs (idempotent)
 
 CC      ?= gcc
@@ -42,7 +43,7 @@ ALL_OBJS := $(LIB_OBJS) $(foreach s,$(SERVICES),$(call svc_objs,$(s))) \
             $(BUILD)/obj/libcommon/tools/mock_broker.o $(BUILD)/obj/tests/bench/ingest_load.o $(SIM_OBJS) \
             $(UNIT_SRCS:%.c=$(BUILD)/obj/%.o)
 
-.PHONY: all lib services tests asan check format deps deps-check run test unit integration bench clean fuzz fuzz-run fuzz-bins
+.PHONY: all lib services tests asan check format deps deps-check run test unit integration bench soak clean fuzz fuzz-run fuzz-bins
 all: $(LIB) $(BINS) $(UNIT_BINS)
 lib: $(LIB)
 services: $(BINS)
@@ -172,6 +173,10 @@ unit: asan
 
 bench: deps-check all
 	scripts/bench.sh
+
+# Not part of `make test`: SOAK_SECONDS (default 1800) of steady load (scripts/soak.sh).
+soak: deps-check all
+	scripts/soak.sh
 
 clean:
 	rm -rf build build-asan build-check build-fuzz

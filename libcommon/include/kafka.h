@@ -91,6 +91,15 @@ int kafka_txn_send_positions(struct kafka_producer *p, struct kafka_consumer *c,
                              size_t nparts, int timeout_ms);
 int kafka_txn_commit(struct kafka_producer *p, int timeout_ms);
 int kafka_txn_abort(struct kafka_producer *p, int timeout_ms);
+/*
+ * After KAFKA_ERR_FATAL: true when the producer was fenced (another producer
+ * took its transactional.id over, or the id is no longer authorised), so this
+ * instance must stop; false for any other fatal error (e.g. INVALID_TXN_STATE
+ * when the broker expired a transaction during an outage), after which a new
+ * producer with the same transactional.id may carry on. False when no fatal
+ * error was raised. NULL-safe.
+ */
+bool kafka_producer_fenced(struct kafka_producer *p);
 
 /* ---- consumer ---- */
 /*

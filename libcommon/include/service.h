@@ -24,6 +24,7 @@ struct service;
 struct http_server;
 struct metrics;
 struct redis;
+struct redis_options;
 struct health;
 
 struct service_def {
@@ -86,6 +87,12 @@ int service_on_reload(struct service *s,
 struct http_server *service_http(struct service *s);
 struct metrics *service_metrics(struct service *s);
 struct redis *service_redis(struct service *s);
+/*
+ * The options service_redis was opened with (redis.url, redis.*_timeout_ms),
+ * for a service's own clients. Owned by the service (url included), valid
+ * from service_open until service_free.
+ */
+const struct redis_options *service_redis_options(const struct service *s);
 struct kafka_producer *service_producer(struct service *s);
 struct health *service_health(struct service *s);
 /* The librdkafka properties from kafka.properties in the config (for extra clients). */

@@ -19,7 +19,7 @@
 #include <cjson/cJSON.h>
 
 #include "cloudevents.h"
-#include "crypto.h"
+#include "follower.h"
 #include "json.h"
 #include "jsonschema.h"
 #include "keyring.h"
@@ -31,8 +31,7 @@
 #include "topics.h"
 #include "xalloc.h"
 
-#define NNS        2 /* common, then the service's own namespace */
-#define MAX_PROPS  72
+#define NNS        2  /* common, then the service's own namespace */
 #define MAX_LIVE   64 /* configs still held by readers */
 #define CACHE_MAX  (4 * CONFIG_DOC_MAX)
 #define POLL_MS    200
@@ -77,12 +76,10 @@ struct config_client {
     size_t nhooks;
 
     char *bootstrap;
-    struct kafka_prop props[MAX_PROPS];
+    struct kafka_prop props[FOLLOWER_PROPS_MAX];
     size_t nprops;
-    struct kafka_consumer *consumer;
-    pthread_t thread;
-    bool started;
-    atomic_bool stop;
+    struct follower *follower;
+    int64_t next_sync;     /* on the follower's thread only */
     atomic_bool following; /* partitions assigned: changes from now on are seen */
     atomic_bool resync_now;
 
@@ -583,18 +580,14 @@ static bool ours(const struct config_client *c, const char *ns)
     return false;
 }
 
-static void on_message(struct config_client *c, struct kafka_msg *m)
+static void on_event(void *ud, const struct cloudevent *ev)
 {
-    size_t len = 0;
-    const char *value = kafka_msg_error(m) ? NULL : kafka_msg_value(m, &len);
-    struct cloudevent ev;
-    cJSON *root = value ? ce_parse(value, len, &ev, NULL, 0) : NULL;
-    if (root && ev.subject && ours(c, ev.subject)) {
-        LOG_DEBUG("config change announced for '%s'", ev.subject);
+    struct config_client *c = ud;
+    if (ev->subject && ours(c, ev->subject)) {
+        LOG_DEBUG("config change announced for '%s'", ev->subject);
         if (config_client_resync(c) != 0)
             LOG_WARN("cannot read released config from redis; retrying at the next re-sync");
     }
-    cJSON_Delete(root);
 }
 
 /* Once partitions are assigned, re-read Redis: a release since start would be missed otherwise. */
@@ -616,63 +609,46 @@ bool config_client_following(struct config_client *c)
     return !c->bootstrap || atomic_load(&c->following);
 }
 
-static void *follow_main(void *arg)
+/* After every poll (and every POLL_MS without Kafka): the periodic or requested re-sync. */
+static void on_poll(void *ud)
 {
-    struct config_client *c = arg;
-    int64_t next_sync = time_mono_ms() + (int64_t)c->resync_s * 1000;
-    while (!atomic_load(&c->stop)) {
-        if (c->consumer) {
-            struct kafka_msg *m = kafka_consumer_poll(c->consumer, POLL_MS);
-            if (m)
-                on_message(c, m);
-            kafka_msg_free(m);
-        } else {
-            time_sleep_ms(POLL_MS);
-        }
-        if (atomic_exchange(&c->resync_now, false) || time_mono_ms() >= next_sync) {
-            next_sync = time_mono_ms() + (int64_t)c->resync_s * 1000;
-            if (config_client_resync(c) != 0)
-                LOG_WARN("config re-sync: redis unreachable, keeping version");
-        }
+    struct config_client *c = ud;
+    if (atomic_exchange(&c->resync_now, false) || time_mono_ms() >= c->next_sync) {
+        c->next_sync = time_mono_ms() + (int64_t)c->resync_s * 1000;
+        if (config_client_resync(c) != 0)
+            LOG_WARN("config re-sync: redis unreachable, keeping version");
     }
-    return NULL;
 }
 
 int config_client_start(struct config_client *c)
 {
-    if (c->bootstrap) {
-        char host[64] = "host", group[200], err[256] = "";
-        uint8_t rnd[4] = {0};
-        gethostname(host, sizeof(host) - 1);
-        crypto_random_bytes(rnd, sizeof(rnd));
-        /* Every replica must see every change: a group of its own, starting at the end. */
-        snprintf(group, sizeof(group), "%s-config-%s-%ld-%02x%02x%02x%02x", c->service, host,
-                 (long)getpid(), rnd[0], rnd[1], rnd[2], rnd[3]);
-        c->consumer =
-            kafka_consumer_new(c->bootstrap, group, c->props, c->nprops, err, sizeof(err));
-        const char *topics[] = {TOPIC_CONFIG_CHANGES};
-        if (c->consumer)
-            kafka_consumer_on_rebalance(c->consumer, on_rebalance, c);
-        if (!c->consumer || kafka_consumer_subscribe(c->consumer, topics, 1) != 0) {
-            LOG_ERROR("cannot follow %s: %s", TOPIC_CONFIG_CHANGES, err);
-            return -EINVAL;
-        }
+    char prefix[CONFIG_NS_MAX + 16], err[256] = "";
+    /* Every replica must see every change: a follower (a group of its own, from the end). */
+    snprintf(prefix, sizeof(prefix), "%s-config", c->service);
+    struct follower_options o = {.bootstrap = c->bootstrap,
+                                 .group_prefix = prefix,
+                                 .topic = TOPIC_CONFIG_CHANGES,
+                                 .props = c->props,
+                                 .nprops = c->nprops,
+                                 .poll_ms = POLL_MS,
+                                 .on_event = on_event,
+                                 .on_poll = on_poll,
+                                 .on_rebalance = on_rebalance,
+                                 .ud = c};
+    follower_free(c->follower);
+    c->next_sync = time_mono_ms() + (int64_t)c->resync_s * 1000;
+    c->follower = follower_start(&o, err, sizeof(err));
+    if (!c->follower) {
+        LOG_ERROR("cannot follow %s: %s", TOPIC_CONFIG_CHANGES, err);
+        return -EINVAL;
     }
-    atomic_store(&c->stop, false);
-    int rc = pthread_create(&c->thread, NULL, follow_main, c);
-    if (rc)
-        return -rc;
-    c->started = true;
     return 0;
 }
 
 void config_client_stop(struct config_client *c)
 {
-    if (!c || !c->started)
-        return;
-    atomic_store(&c->stop, true);
-    pthread_join(c->thread, NULL);
-    c->started = false;
+    if (c)
+        follower_stop(c->follower);
 }
 
 /* ---- lifecycle ---- */
@@ -701,8 +677,7 @@ struct config_client *config_client_new(const struct config_client_options *o, c
     }
     if (o->bootstrap) {
         c->bootstrap = xstrdup(o->bootstrap);
-        c->props[c->nprops++] = (struct kafka_prop){"auto.offset.reset", "latest"};
-        for (size_t i = 0; i < o->nprops && c->nprops < MAX_PROPS; i++)
+        for (size_t i = 0; i < o->nprops && c->nprops < FOLLOWER_PROPS_MAX; i++)
             c->props[c->nprops++] = o->props[i];
     }
     if (o->metrics) {
@@ -749,8 +724,7 @@ void config_client_free(struct config_client *c)
 {
     if (!c)
         return;
-    config_client_stop(c);
-    kafka_consumer_free(c->consumer);
+    follower_free(c->follower);
     redis_free(c->redis);
     for (size_t i = 0; i < MAX_LIVE; i++)
         cfg_free(c->live[i].cfg);

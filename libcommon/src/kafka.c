@@ -409,6 +409,21 @@ void kafka_producer_free(struct kafka_producer *p, int flush_timeout_ms)
 
 /* ---- transactions ---- */
 
+bool kafka_producer_fenced(struct kafka_producer *p)
+{
+    if (!p)
+        return false;
+    switch (rd_kafka_fatal_error(p->rk, NULL, 0)) {
+    case RD_KAFKA_RESP_ERR__FENCED:
+    case RD_KAFKA_RESP_ERR_PRODUCER_FENCED:
+    case RD_KAFKA_RESP_ERR_INVALID_PRODUCER_EPOCH:
+    case RD_KAFKA_RESP_ERR_TRANSACTIONAL_ID_AUTHORIZATION_FAILED:
+        return true;
+    default:
+        return false;
+    }
+}
+
 int kafka_txn_begin(struct kafka_producer *p)
 {
     if (!p || !p->transactional)

@@ -81,6 +81,7 @@ struct service {
     struct health *health;
     struct http_server *http;
     struct redis *redis;
+    struct redis_options redis_opts; /* redis_opts.url owned */
     struct kafka_producer *producer;
     atomic_bool topics_ready;
     int64_t topics_next_try_ms;
@@ -315,12 +316,12 @@ int service_open(struct service *s)
     char err[512] = "";
     const struct cfg *c = s->cfg;
 
-    struct redis_options ro = {
-        .url = cfg_get_str(c, "redis.url"),
+    s->redis_opts = (struct redis_options){
+        .url = xstrdup(cfg_get_str(c, "redis.url")),
         .connect_timeout_ms = (int)cfg_get_int(c, "redis.connect_timeout_ms"),
         .command_timeout_ms = (int)cfg_get_int(c, "redis.command_timeout_ms"),
     };
-    s->redis = redis_new(&ro, err, sizeof(err));
+    s->redis = redis_new(&s->redis_opts, err, sizeof(err));
     if (!s->redis) {
         LOG_ERROR("bad redis configuration: %s", err);
         return -EINVAL;
@@ -449,6 +450,7 @@ void service_free(struct service *s)
     http_server_free(s->http);
     health_free(s->health);
     redis_free(s->redis);
+    free((char *)s->redis_opts.url);
     if (s->cfg)
         LOG_INFO("stopped");
     config_client_free(s->config);
@@ -506,6 +508,11 @@ struct http_server *service_http(struct service *s)
 struct metrics *service_metrics(struct service *s)
 {
     return s->metrics;
+}
+
+const struct redis_options *service_redis_options(const struct service *s)
+{
+    return &s->redis_opts;
 }
 
 struct redis *service_redis(struct service *s)

@@ -35,6 +35,17 @@
 #define COMMENT_MAX     500
 #define HISTORY_DEFAULT 100
 #define HISTORY_MAX     1000
+#define NS_ROUTES       8
+
+struct api;
+
+/* A handler of a /v1/namespaces/{ns}... route, called with a valid namespace name. */
+typedef void (*ns_handler_fn)(struct api *a, struct http_request *req, const char *ns);
+
+struct ns_route {
+    struct api *a;
+    ns_handler_fn fn;
+};
 
 struct api {
     struct service *svc;
@@ -44,6 +55,7 @@ struct api {
     struct kafka_producer *producer;
     struct metric *m_releases; /* {namespace,action} */
     struct metric *m_drafts;   /* {namespace,outcome} */
+    struct ns_route ns_routes[NS_ROUTES];
 };
 
 /* A release waiting for Kafka to acknowledge its announcement. */
@@ -90,6 +102,63 @@ static void store_down(struct http_request *req)
     http_respond_problem(req, 503, NULL, "configuration store (Redis) unavailable");
 }
 
+/* Every {ns} route: a name that is not a namespace is answered 400 before the handler. */
+static void with_ns(struct http_request *req, void *ud)
+{
+    const struct ns_route *r = ud;
+    const char *ns = ns_param(req);
+    if (ns)
+        r->fn(r->a, req, ns);
+}
+
+/* store_get_record, answering 503 itself when the store is down: 1, 0 or -EIO. */
+static int get_record(struct api *a, struct http_request *req, const char *ns, const char *suffix,
+                      cJSON **out)
+{
+    int rc = store_get_record(a->redis, ns, suffix, out);
+    if (rc < 0)
+        store_down(req);
+    return rc;
+}
+
+/* The record suffix of version v ("v:<N>"). */
+static void version_suffix(int64_t v, char out[40])
+{
+    snprintf(out, 40, "v:%lld", (long long)v);
+}
+
+/* A new answer object starting with "namespace"; you delete it. */
+static cJSON *ns_object(const char *ns)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "namespace", ns);
+    return o;
+}
+
+/* Answers body with the list added under name, or 503 when the store gave no list. Frees body. */
+static void respond_list(struct http_request *req, cJSON *body, const char *name, cJSON *list)
+{
+    if (list) {
+        cJSON_AddItemToObject(body, name, list);
+        http_respond_json(req, 200, body);
+    } else {
+        store_down(req);
+    }
+    cJSON_Delete(body);
+}
+
+/* The start of every audit record; you delete it. */
+static cJSON *audit_new(struct http_request *req, const char *action, const char *ns,
+                        const char *now)
+{
+    cJSON *audit = cJSON_CreateObject();
+    cJSON_AddStringToObject(audit, "action", action);
+    cJSON_AddStringToObject(audit, "namespace", ns);
+    cJSON_AddStringToObject(audit, "author", author_of(req));
+    cJSON_AddStringToObject(audit, "time", now);
+    return audit;
+}
+
 /* The namespace's schema: 1 and *out, 0 none, -EIO, -EINVAL (stored schema unusable). */
 static int load_schema(struct api *a, const char *ns, struct jsonschema **out)
 {
@@ -125,14 +194,16 @@ static cJSON *record_view(const char *ns, const cJSON *rec)
     return o;
 }
 
-/* The JSON Pointer at the start of a schema error ("/a/b: problem"). */
-static void error_field(const char *err, char *field, size_t size)
+/* 422 naming the JSON Pointer a schema error starts with ("/a/b: problem"). */
+static void schema_problem(struct http_request *req, const char *what, const char *err)
 {
+    char field[JSONSCHEMA_PATH_MAX];
     size_t n = strcspn(err, ":");
-    if (n >= size)
-        n = size - 1;
+    if (n >= sizeof(field))
+        n = sizeof(field) - 1;
     memcpy(field, err, n);
     field[n] = '\0';
+    http_respond_problem(req, 422, field, "%s%s", what, err);
 }
 
 /* If-Match / If-None-Match: a version as "N", W/"N" or N. 0 or -EINVAL. */
@@ -153,6 +224,17 @@ static int parse_etag(const char *v, int64_t *out)
     return str_to_int64(tmp, out) == 0 && *out >= 0 ? 0 : -EINVAL;
 }
 
+/* An If-Match header as a version into *base (untouched when absent); else answers 400. */
+static int if_match(struct http_request *req, int64_t *base)
+{
+    const char *im = http_request_header(req, "If-Match");
+    if (im && parse_etag(im, base) != 0) {
+        http_respond_problem(req, 400, "If-Match", "If-Match must be a version such as \"3\"");
+        return -EINVAL;
+    }
+    return 0;
+}
+
 static void set_version_headers(struct http_request *req, int64_t version)
 {
     char etag[32], v[24];
@@ -167,33 +249,17 @@ static void set_version_headers(struct http_request *req, int64_t version)
 static void handle_list(struct http_request *req, void *ud)
 {
     struct api *a = ud;
-    cJSON *list = store_namespaces(a->redis);
-    if (!list) {
-        store_down(req);
-        return;
-    }
-    cJSON *body = cJSON_CreateObject();
-    cJSON_AddItemToObject(body, "namespaces", list);
-    http_respond_json(req, 200, body);
-    cJSON_Delete(body);
+    respond_list(req, cJSON_CreateObject(), "namespaces", store_namespaces(a->redis));
 }
 
-static void handle_get(struct http_request *req, void *ud)
+static void handle_get(struct api *a, struct http_request *req, const char *ns)
 {
-    struct api *a = ud;
-    const char *ns = ns_param(req);
-    if (!ns)
-        return;
     cJSON *rec = NULL;
-    int rc = store_get_record(a->redis, ns, "released", &rec);
-    if (rc < 0) {
-        store_down(req);
-        return;
-    }
-    if (rc == 0) {
+    int rc = get_record(a, req, ns, "released", &rec);
+    if (rc == 0)
         http_respond_problem(req, 404, "ns", "namespace '%s' has no released version", ns);
+    if (rc <= 0)
         return;
-    }
     int64_t version = 0;
     json_get_int(rec, "version", &version);
     set_version_headers(req, version);
@@ -241,15 +307,11 @@ static cJSON *previous_doc(struct api *a, const char *ns)
     return doc;
 }
 
-static void handle_put_draft(struct http_request *req, void *ud)
+static void handle_put_draft(struct api *a, struct http_request *req, const char *ns)
 {
-    struct api *a = ud;
-    const char *ns = ns_param(req);
-    if (!ns)
-        return;
     size_t len = 0;
     const char *body = http_request_body(req, &len);
-    char err[512] = "", field[JSONSCHEMA_PATH_MAX];
+    char err[512] = "";
     if (len > CONFIG_DOC_MAX) {
         http_respond_problem(req, 413, "body", "a document is at most %d bytes", CONFIG_DOC_MAX);
         return;
@@ -273,13 +335,11 @@ static void handle_put_draft(struct http_request *req, void *ud)
         if (doc_unmask(schema, a->keyring, ns, doc, prev, err, sizeof(err)) != 0 ||
             jsonschema_validate(schema, doc, err, sizeof(err)) != 0) {
             count2(a->m_drafts, ns, "invalid");
-            error_field(err, field, sizeof(field));
-            http_respond_problem(req, 422, field, "%s", err);
+            schema_problem(req, "", err);
             goto out;
         }
         if (doc_seal(schema, a->keyring, ns, doc, err, sizeof(err)) != 0) {
-            error_field(err, field, sizeof(field));
-            http_respond_problem(req, 422, field, "%s", err);
+            schema_problem(req, "", err);
             goto out;
         }
     }
@@ -289,11 +349,7 @@ static void handle_put_draft(struct http_request *req, void *ud)
     doc_checksum(content, clen, checksum);
     now_text(now);
     paths = changed_paths(a, ns, doc);
-    audit = cJSON_CreateObject();
-    cJSON_AddStringToObject(audit, "action", "draft");
-    cJSON_AddStringToObject(audit, "namespace", ns);
-    cJSON_AddStringToObject(audit, "author", author_of(req));
-    cJSON_AddStringToObject(audit, "time", now);
+    audit = audit_new(req, "draft", ns, now);
     cJSON_AddStringToObject(audit, "checksum", checksum);
     cJSON_AddItemReferenceToObject(audit, "changed", paths);
     audit_json = json_print(audit, NULL);
@@ -305,8 +361,7 @@ static void handle_put_draft(struct http_request *req, void *ud)
     struct log_field f[] = {{"config.namespace", ns}, {"user.name", author_of(req)}};
     log_fields(LOG_LEVEL_INFO, f, 2, "draft of '%s' saved (%d keys changed)", ns,
                cJSON_GetArraySize(paths));
-    answer = cJSON_CreateObject();
-    cJSON_AddStringToObject(answer, "namespace", ns);
+    answer = ns_object(ns);
     cJSON_AddStringToObject(answer, "checksum", checksum);
     cJSON_AddNumberToObject(answer, "base_version", (double)store_current_version(a->redis, ns));
     cJSON_AddItemReferenceToObject(answer, "changed", paths);
@@ -324,12 +379,8 @@ out:
     cJSON_Delete(doc);
 }
 
-static void handle_put_schema(struct http_request *req, void *ud)
+static void handle_put_schema(struct api *a, struct http_request *req, const char *ns)
 {
-    struct api *a = ud;
-    const char *ns = ns_param(req);
-    if (!ns)
-        return;
     size_t len = 0;
     const char *body = http_request_body(req, &len);
     char err[512] = "";
@@ -340,26 +391,19 @@ static void handle_put_schema(struct http_request *req, void *ud)
     }
     struct jsonschema *s = jsonschema_new(j, err, sizeof(err));
     if (!s) {
-        char field[JSONSCHEMA_PATH_MAX];
-        error_field(err, field, sizeof(field));
-        http_respond_problem(req, 422, field, "not a usable JSON Schema: %s", err);
+        schema_problem(req, "not a usable JSON Schema: ", err);
         cJSON_Delete(j);
         return;
     }
     jsonschema_free(s);
     char *text = json_print(j, NULL), now[TIME_RFC3339_LEN];
     now_text(now);
-    cJSON *audit = cJSON_CreateObject();
-    cJSON_AddStringToObject(audit, "action", "schema");
-    cJSON_AddStringToObject(audit, "namespace", ns);
-    cJSON_AddStringToObject(audit, "author", author_of(req));
-    cJSON_AddStringToObject(audit, "time", now);
+    cJSON *audit = audit_new(req, "schema", ns, now);
     char *audit_json = json_print(audit, NULL);
     if (store_put_schema(a->redis, ns, text, audit_json) != 0) {
         store_down(req);
     } else {
-        cJSON *answer = cJSON_CreateObject();
-        cJSON_AddStringToObject(answer, "namespace", ns);
+        cJSON *answer = ns_object(ns);
         cJSON_AddItemReferenceToObject(answer, "schema", j);
         http_respond_json(req, 200, answer);
         cJSON_Delete(answer);
@@ -469,8 +513,7 @@ static void release_failed(struct http_request *req, int rc, int64_t base, int64
 
 static cJSON *release_answer(const char *ns, int64_t version, const struct store_release *rel)
 {
-    cJSON *o = cJSON_CreateObject();
-    cJSON_AddStringToObject(o, "namespace", ns);
+    cJSON *o = ns_object(ns);
     cJSON_AddNumberToObject(o, "version", (double)version);
     cJSON_AddStringToObject(o, "checksum", rel->checksum);
     cJSON_AddStringToObject(o, "author", rel->author);
@@ -492,85 +535,83 @@ static int check_draft(struct api *a, struct http_request *req, const char *ns, 
     }
     if (!schema)
         return 0;
-    char err[512] = "", field[JSONSCHEMA_PATH_MAX];
+    char err[512] = "";
     cJSON *doc = cJSON_Parse(content);
     rc = doc ? config_open_secrets(a->keyring, ns, doc, err, sizeof(err)) : -EINVAL;
     if (rc == 0)
         rc = jsonschema_validate(schema, doc, err, sizeof(err));
-    if (rc) {
-        error_field(err, field, sizeof(field));
-        http_respond_problem(req, 422, field, "the draft no longer satisfies the schema: %s", err);
-    }
+    if (rc)
+        schema_problem(req, "the draft no longer satisfies the schema: ", err);
     cJSON_Delete(doc);
     jsonschema_free(schema);
     return rc;
 }
 
-static void handle_release(struct http_request *req, void *ud)
+/*
+ * Stores the release of rel->content (a rollback when rel->rollback_of) and
+ * announces it, or answers why it could not be stored. Fills checksum, author
+ * and time.
+ */
+static void commit_release(struct api *a, struct http_request *req, struct store_release *rel)
 {
-    struct api *a = ud;
-    const char *ns = ns_param(req);
-    if (!ns)
+    char now[TIME_RFC3339_LEN], checksum[65];
+    now_text(now);
+    doc_checksum(rel->content, strlen(rel->content), checksum);
+    rel->checksum = checksum;
+    rel->author = author_of(req);
+    rel->time = now;
+    int64_t version = 0;
+    int rc = store_release(a->redis, rel, &version);
+    if (rc) {
+        release_failed(req, rc, rel->base, version);
         return;
-    const char *im = http_request_header(req, "If-Match");
-    int64_t base;
-    if (!im) {
+    }
+    struct log_field f[] = {{"config.namespace", rel->ns}, {"user.name", rel->author}};
+    if (rel->rollback_of) {
+        count2(a->m_releases, rel->ns, "rollback");
+        log_fields(LOG_LEVEL_INFO, f, 2, "rolled '%s' back to version %lld as version %lld",
+                   rel->ns, (long long)rel->rollback_of, (long long)version);
+    } else {
+        count2(a->m_releases, rel->ns, "release");
+        log_fields(LOG_LEVEL_INFO, f, 2, "released version %lld of '%s'", (long long)version,
+                   rel->ns);
+    }
+    announce(a, req, rel->ns, release_answer(rel->ns, version, rel), rel, version);
+}
+
+static void handle_release(struct api *a, struct http_request *req, const char *ns)
+{
+    int64_t base = 0;
+    if (!http_request_header(req, "If-Match")) {
         http_respond_problem(req, 428, "If-Match",
                              "If-Match with the version the draft is based on is required");
         return;
     }
-    if (parse_etag(im, &base) != 0) {
-        http_respond_problem(req, 400, "If-Match", "If-Match must be a version such as \"3\"");
+    if (if_match(req, &base) != 0)
         return;
-    }
     cJSON *body = NULL, *draft = NULL;
     if (read_body(req, &body) != 0)
         return;
-    int rc = store_get_record(a->redis, ns, "draft", &draft);
+    int rc = get_record(a, req, ns, "draft", &draft);
     const char *content = draft ? json_get_str(draft, "content") : NULL;
-    if (rc < 0) {
-        store_down(req);
-    } else if (!content) {
+    if (rc >= 0 && !content) {
         http_respond_problem(req, 409, "draft", "there is no draft to release");
-    } else if (check_draft(a, req, ns, content) == 0) {
-        char now[TIME_RFC3339_LEN], checksum[65];
-        now_text(now);
-        doc_checksum(content, strlen(content), checksum);
+    } else if (rc >= 0 && check_draft(a, req, ns, content) == 0) {
         const char *comment = json_get_str(body, "comment");
-        struct store_release rel = {.ns = ns,
-                                    .base = base,
-                                    .content = content,
-                                    .checksum = checksum,
-                                    .author = author_of(req),
-                                    .time = now,
-                                    .comment = comment ? comment : ""};
-        int64_t version = 0;
-        rc = store_release(a->redis, &rel, &version);
-        if (rc) {
-            release_failed(req, rc, base, version);
-        } else {
-            count2(a->m_releases, ns, "release");
-            struct log_field f[] = {{"config.namespace", ns}, {"user.name", rel.author}};
-            log_fields(LOG_LEVEL_INFO, f, 2, "released version %lld of '%s'", (long long)version,
-                       ns);
-            announce(a, req, ns, release_answer(ns, version, &rel), &rel, version);
-        }
+        struct store_release rel = {
+            .ns = ns, .base = base, .content = content, .comment = comment ? comment : ""};
+        commit_release(a, req, &rel);
     }
     cJSON_Delete(draft);
     cJSON_Delete(body);
 }
 
-static void handle_rollback(struct http_request *req, void *ud)
+static void handle_rollback(struct api *a, struct http_request *req, const char *ns)
 {
-    struct api *a = ud;
-    const char *ns = ns_param(req);
-    if (!ns)
-        return;
     cJSON *body = NULL, *target = NULL;
     if (read_body(req, &body) != 0)
         return;
     int64_t to = 0, current = store_current_version(a->redis, ns), base = current;
-    const char *im = http_request_header(req, "If-Match");
     char suffix[40];
     if (current < 0) {
         store_down(req);
@@ -581,47 +622,25 @@ static void handle_rollback(struct http_request *req, void *ud)
                              "to_version must be a released version, 1..%lld", (long long)current);
         goto out;
     }
-    if (im && parse_etag(im, &base) != 0) {
-        http_respond_problem(req, 400, "If-Match", "If-Match must be a version such as \"3\"");
+    if (if_match(req, &base) != 0)
         goto out;
-    }
-    snprintf(suffix, sizeof(suffix), "v:%lld", (long long)to);
-    int rc = store_get_record(a->redis, ns, suffix, &target);
+    version_suffix(to, suffix);
+    int rc = get_record(a, req, ns, suffix, &target);
     const char *content = target ? json_get_str(target, "content") : NULL;
-    if (rc < 0 || !content) {
-        if (rc < 0)
-            store_down(req);
-        else
-            http_respond_problem(req, 404, "to_version", "version %lld is not stored",
-                                 (long long)to);
+    if (rc < 0)
+        goto out;
+    if (!content) {
+        http_respond_problem(req, 404, "to_version", "version %lld is not stored", (long long)to);
         goto out;
     }
-    char now[TIME_RFC3339_LEN], checksum[65], comment[COMMENT_MAX + 64];
-    now_text(now);
-    doc_checksum(content, strlen(content), checksum);
+    char comment[COMMENT_MAX + 64];
     const char *c = json_get_str(body, "comment");
     snprintf(comment, sizeof(comment), "%s", c ? c : "");
     if (!c)
         snprintf(comment, sizeof(comment), "rollback to version %lld", (long long)to);
-    struct store_release rel = {.ns = ns,
-                                .base = base,
-                                .content = content,
-                                .checksum = checksum,
-                                .author = author_of(req),
-                                .time = now,
-                                .comment = comment,
-                                .rollback_of = to};
-    int64_t version = 0;
-    rc = store_release(a->redis, &rel, &version);
-    if (rc) {
-        release_failed(req, rc, base, version);
-    } else {
-        count2(a->m_releases, ns, "rollback");
-        struct log_field f[] = {{"config.namespace", ns}, {"user.name", rel.author}};
-        log_fields(LOG_LEVEL_INFO, f, 2, "rolled '%s' back to version %lld as version %lld", ns,
-                   (long long)to, (long long)version);
-        announce(a, req, ns, release_answer(ns, version, &rel), &rel, version);
-    }
+    struct store_release rel = {
+        .ns = ns, .base = base, .content = content, .comment = comment, .rollback_of = to};
+    commit_release(a, req, &rel);
 out:
     cJSON_Delete(target);
     cJSON_Delete(body);
@@ -642,34 +661,19 @@ static int query_int(struct http_request *req, const char *name, int64_t def, in
     return 0;
 }
 
-static void handle_history(struct http_request *req, void *ud)
+static void handle_history(struct api *a, struct http_request *req, const char *ns)
 {
-    struct api *a = ud;
-    const char *ns = ns_param(req);
-    if (!ns)
-        return;
     int64_t limit, current = store_current_version(a->redis, ns);
     if (query_int(req, "limit", HISTORY_DEFAULT, 1, HISTORY_MAX, &limit) != 0)
         return;
-    cJSON *list = current < 0 ? NULL : store_history(a->redis, ns, current, (int)limit);
-    if (!list) {
-        store_down(req);
-        return;
-    }
-    cJSON *body = cJSON_CreateObject();
-    cJSON_AddStringToObject(body, "namespace", ns);
+    cJSON *body = ns_object(ns);
     cJSON_AddNumberToObject(body, "version", (double)current);
-    cJSON_AddItemToObject(body, "releases", list);
-    http_respond_json(req, 200, body);
-    cJSON_Delete(body);
+    respond_list(req, body, "releases",
+                 current < 0 ? NULL : store_history(a->redis, ns, current, (int)limit));
 }
 
-static void handle_version(struct http_request *req, void *ud)
+static void handle_version(struct api *a, struct http_request *req, const char *ns)
 {
-    struct api *a = ud;
-    const char *ns = ns_param(req);
-    if (!ns)
-        return;
     int64_t v;
     const char *vs = http_request_param(req, "v");
     if (!vs || str_to_int64(vs, &v) != 0 || v < 1) {
@@ -677,17 +681,13 @@ static void handle_version(struct http_request *req, void *ud)
         return;
     }
     char suffix[40];
-    snprintf(suffix, sizeof(suffix), "v:%lld", (long long)v);
+    version_suffix(v, suffix);
     cJSON *rec = NULL;
-    int rc = store_get_record(a->redis, ns, suffix, &rec);
-    if (rc < 0) {
-        store_down(req);
-        return;
-    }
-    if (rc == 0) {
+    int rc = get_record(a, req, ns, suffix, &rec);
+    if (rc == 0)
         http_respond_problem(req, 404, "v", "'%s' has no version %lld", ns, (long long)v);
+    if (rc <= 0)
         return;
-    }
     set_version_headers(req, v);
     cJSON *view = record_view(ns, rec);
     http_respond_json(req, 200, view);
@@ -702,7 +702,7 @@ static int version_doc(struct api *a, const char *ns, int64_t v, cJSON **out)
     if (v == 0)
         return 1;
     char suffix[40];
-    snprintf(suffix, sizeof(suffix), "v:%lld", (long long)v);
+    version_suffix(v, suffix);
     cJSON *rec = NULL;
     int rc = store_get_record(a->redis, ns, suffix, &rec);
     if (rc == 1)
@@ -711,12 +711,8 @@ static int version_doc(struct api *a, const char *ns, int64_t v, cJSON **out)
     return rc;
 }
 
-static void handle_diff(struct http_request *req, void *ud)
+static void handle_diff(struct api *a, struct http_request *req, const char *ns)
 {
-    struct api *a = ud;
-    const char *ns = ns_param(req);
-    if (!ns)
-        return;
     int64_t current = store_current_version(a->redis, ns), from, to;
     if (current < 0) {
         store_down(req);
@@ -732,8 +728,7 @@ static void handle_diff(struct http_request *req, void *ud)
     } else if (ra == 0 || rb == 0) {
         http_respond_problem(req, 404, ra == 0 ? "from" : "to", "version not stored");
     } else {
-        cJSON *body = cJSON_CreateObject();
-        cJSON_AddStringToObject(body, "namespace", ns);
+        cJSON *body = ns_object(ns);
         cJSON_AddNumberToObject(body, "from", (double)from);
         cJSON_AddNumberToObject(body, "to", (double)to);
         cJSON_AddItemToObject(body, "changes", doc_diff(da, db, a->keyring, ns));
@@ -755,16 +750,7 @@ static void handle_audit(struct http_request *req, void *ud)
     }
     if (query_int(req, "limit", HISTORY_DEFAULT, 1, STORE_AUDIT_MAX, &limit) != 0)
         return;
-    cJSON *list = store_audit(a->redis, ns, (int)limit);
-    if (!list) {
-        store_down(req);
-        return;
-    }
-    cJSON *body = cJSON_CreateObject();
-    cJSON_AddStringToObject(body, "namespace", ns);
-    cJSON_AddItemToObject(body, "records", list);
-    http_respond_json(req, 200, body);
-    cJSON_Delete(body);
+    respond_list(req, ns_object(ns), "records", store_audit(a->redis, ns, (int)limit));
 }
 
 /* ---- lifecycle ---- */
@@ -774,9 +760,8 @@ int api_register_routes(struct api *a)
     struct http_server *h = service_http(a->svc);
     static const struct {
         const char *method, *path;
-        http_handler_fn fn;
-    } routes[] = {
-        {"GET", "/v1/namespaces", handle_list},
+        ns_handler_fn fn;
+    } routes[NS_ROUTES] = {
         {"GET", "/v1/namespaces/{ns}", handle_get},
         {"PUT", "/v1/namespaces/{ns}/draft", handle_put_draft},
         {"PUT", "/v1/namespaces/{ns}/schema", handle_put_schema},
@@ -785,14 +770,17 @@ int api_register_routes(struct api *a)
         {"GET", "/v1/namespaces/{ns}/releases/{v}", handle_version},
         {"POST", "/v1/namespaces/{ns}/rollback", handle_rollback},
         {"GET", "/v1/namespaces/{ns}/diff", handle_diff},
-        {"GET", "/v1/audit", handle_audit},
     };
-    for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++) {
-        int rc = http_server_route(h, routes[i].method, routes[i].path, routes[i].fn, a);
-        if (rc)
-            return rc;
+    int rc = http_server_route(h, "GET", "/v1/namespaces", handle_list, a);
+    for (size_t i = 0; rc == 0 && i < NS_ROUTES; i++) {
+        a->ns_routes[i] = (struct ns_route){a, routes[i].fn};
+        rc = http_server_route(h, routes[i].method, routes[i].path, with_ns, &a->ns_routes[i]);
     }
-    return http_server_route(h, "GET", "/v1/watch", watch_handle, a->watch);
+    if (rc == 0)
+        rc = http_server_route(h, "GET", "/v1/audit", handle_audit, a);
+    if (rc == 0)
+        rc = http_server_route(h, "GET", "/v1/watch", watch_handle, a->watch);
+    return rc;
 }
 
 struct api *api_new(struct service *svc, struct watch *watch, char *errbuf, size_t errsize)

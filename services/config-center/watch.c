@@ -14,12 +14,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-#include <unistd.h>
 
 #include "buf.h"
 #include "cloudevents.h"
 #include "config_client.h"
-#include "crypto.h"
+#include "follower.h"
 #include "http_server.h"
 #include "json.h"
 #include "kafka.h"
@@ -39,7 +38,6 @@
 #define MAX_TIMEOUT_S     60
 #define REFRESH_EVERY_MS  5000
 #define TIMER_MAX_WAIT_MS 250
-#define MAX_PROPS         72
 
 struct slot;
 
@@ -94,9 +92,7 @@ struct watch {
 
     pthread_t timer;
     bool timer_started;
-    struct kafka_consumer *consumer;
-    pthread_t follower;
-    bool follower_started;
+    struct follower *follower;
     atomic_bool stop;
     int64_t next_refresh_ms;
     atomic_uint rnd;
@@ -507,25 +503,13 @@ static void *timer_main(void *arg)
     return NULL;
 }
 
-static void *follower_main(void *arg)
+static void on_release(void *ud, const struct cloudevent *ev)
 {
-    struct watch *w = arg;
-    while (!atomic_load(&w->stop)) {
-        struct kafka_msg *m = kafka_consumer_poll(w->consumer, 200);
-        if (!m)
-            continue;
-        size_t len = 0;
-        const char *value = kafka_msg_error(m) ? NULL : kafka_msg_value(m, &len);
-        struct cloudevent ev;
-        cJSON *root = value ? ce_parse(value, len, &ev, NULL, 0) : NULL;
-        int64_t version = 0;
-        if (root && ev.subject && config_ns_valid(ev.subject) &&
-            json_get_int(ev.data, "version", &version) == 0)
-            watch_notify(w, ev.subject, version);
-        cJSON_Delete(root);
-        kafka_msg_free(m);
-    }
-    return NULL;
+    struct watch *w = ud;
+    int64_t version = 0;
+    if (ev->subject && config_ns_valid(ev->subject) &&
+        json_get_int(ev->data, "version", &version) == 0)
+        watch_notify(w, ev->subject, version);
 }
 
 void watch_tick(struct watch *w)
@@ -547,43 +531,23 @@ void watch_tick(struct watch *w)
     }
 }
 
+/* Every replica notifies its own watchers: a follower (a group of its own, from the end). */
 static int start_follower(struct watch *w, char *errbuf, size_t errsize)
 {
-    const struct cfg *c = service_cfg(w->svc);
-    const struct kafka_prop *base;
-    size_t nbase = service_kafka_props(w->svc, &base);
-    struct kafka_prop props[MAX_PROPS];
-    char host[64] = "host", group[200];
-    size_t n = 0;
-    uint8_t rnd[4] = {0};
-    gethostname(host, sizeof(host) - 1);
-    crypto_random_bytes(rnd, sizeof(rnd));
-    /* Every replica notifies its own watchers: a group of its own, starting at the end. */
-    snprintf(group, sizeof(group), "config-center-watch-%s-%ld-%02x%02x%02x%02x", host,
-             (long)getpid(), rnd[0], rnd[1], rnd[2], rnd[3]);
-    props[n++] = (struct kafka_prop){"auto.offset.reset", "latest"};
-    for (size_t i = 0; i < nbase && n < MAX_PROPS; i++)
-        props[n++] = base[i];
-    w->consumer = kafka_consumer_new(cfg_get_str(c, "kafka.bootstrap_servers"), group, props, n,
-                                     errbuf, errsize);
-    if (!w->consumer)
-        return -EINVAL;
-    const char *topics[] = {TOPIC_CONFIG_CHANGES};
-    if (kafka_consumer_subscribe(w->consumer, topics, 1) != 0) {
-        snprintf(errbuf, errsize, "cannot subscribe to %s", TOPIC_CONFIG_CHANGES);
-        return -EINVAL;
-    }
-    if (pthread_create(&w->follower, NULL, follower_main, w) != 0) {
-        snprintf(errbuf, errsize, "cannot start the watch follower thread");
-        return -EAGAIN;
-    }
-    w->follower_started = true;
-    return 0;
+    struct follower_options o = {
+        .bootstrap = cfg_get_str(service_cfg(w->svc), "kafka.bootstrap_servers"),
+        .group_prefix = "config-center-watch",
+        .topic = TOPIC_CONFIG_CHANGES,
+        .on_event = on_release,
+        .ud = w,
+    };
+    o.nprops = service_kafka_props(w->svc, &o.props);
+    w->follower = follower_start(&o, errbuf, errsize);
+    return w->follower ? 0 : -EINVAL;
 }
 
 struct watch *watch_new(struct service *svc, char *errbuf, size_t errsize)
 {
-    const struct cfg *c = service_cfg(svc);
     struct watch *w = xcalloc(1, sizeof(*w));
     w->svc = svc;
     pthread_mutex_init(&w->lock, NULL);
@@ -593,12 +557,7 @@ struct watch *watch_new(struct service *svc, char *errbuf, size_t errsize)
     pthread_cond_init(&w->cond, &ca);
     pthread_condattr_destroy(&ca);
     atomic_init(&w->rnd, (unsigned)time_now_ms() | 1u);
-    struct redis_options ro = {
-        .url = cfg_get_str(c, "redis.url"),
-        .connect_timeout_ms = (int)cfg_get_int(c, "redis.connect_timeout_ms"),
-        .command_timeout_ms = (int)cfg_get_int(c, "redis.command_timeout_ms"),
-    };
-    w->redis = redis_new(&ro, errbuf, errsize);
+    w->redis = redis_new(service_redis_options(svc), errbuf, errsize);
     if (!w->redis)
         goto out_free;
     struct metrics *m = service_metrics(svc);
@@ -633,11 +592,7 @@ void watch_stop(struct watch *w)
     w->stopping = true;
     pthread_cond_signal(&w->cond);
     pthread_mutex_unlock(&w->lock);
-    if (w->follower_started) {
-        atomic_store(&w->stop, true);
-        pthread_join(w->follower, NULL);
-        w->follower_started = false;
-    }
+    follower_stop(w->follower);
     /* let the timer flush whoever still waits, then stop it */
     while (w->timer_started) {
         pthread_mutex_lock(&w->lock);
@@ -660,7 +615,7 @@ void watch_free(struct watch *w)
 {
     if (!w)
         return;
-    kafka_consumer_free(w->consumer);
+    follower_free(w->follower);
     redis_free(w->redis);
     for (size_t i = 0; i < w->nslots; i++)
         free(w->slots[i]);

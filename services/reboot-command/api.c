@@ -88,14 +88,14 @@ static void respond_command(struct http_request *req, unsigned status, const cha
 
 /* A request suspended until robot.commands.v1 has the command. */
 struct pending_reboot {
-    struct delivery d;
+    struct outbox_delivery d;
     struct reboot *rb;
     struct http_request *req;
     struct command c;
     char idem_key[IDEM_KEY_MAX + ACTOR_MAX + 2];
 };
 
-static void reboot_delivered(struct delivery *d, int err)
+static void reboot_delivered(struct outbox_delivery *d, int err)
 {
     struct pending_reboot *p = (struct pending_reboot *)d;
     if (err == 0) {

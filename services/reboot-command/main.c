@@ -15,7 +15,7 @@ int main(int argc, char **argv)
         .name = "reboot-command",
         .default_port = 8083,
         .keys = reboot_config_keys,
-        .on_delivery = reboot_on_delivery,
+        .on_delivery = outbox_on_delivery, /* every opaque is a struct outbox_delivery */
         .producer_defaults = reboot_producer_defaults,
     };
     char err[256];

@@ -139,29 +139,15 @@ static void on_reload(void *ud, const struct cfg *old_cfg, const struct cfg *new
 
 /* ---- delivery ---- */
 
-void reboot_on_delivery(void *opaque, int err, const char *errstr, int32_t partition,
-                        int64_t offset)
-{
-    (void)partition;
-    (void)offset;
-    struct delivery *d = opaque;
-    if (d) {
-        d->done(d, err);
-        return;
-    }
-    if (err)
-        LOG_WARN("status event not delivered: %s", errstr ? errstr : "unknown error");
-}
-
 struct sync_delivery {
-    struct delivery d;
+    struct outbox_delivery d;
     pthread_mutex_t lock;
     pthread_cond_t cond;
     bool done;
     int err;
 };
 
-static void sync_done(struct delivery *d, int err)
+static void sync_done(struct outbox_delivery *d, int err)
 {
     struct sync_delivery *s = (struct sync_delivery *)d;
     pthread_mutex_lock(&s->lock);
@@ -172,7 +158,7 @@ static void sync_done(struct delivery *d, int err)
 }
 
 /* The waiter gave up: the late callback frees the record. */
-static void sync_abandoned(struct delivery *d, int err)
+static void sync_abandoned(struct outbox_delivery *d, int err)
 {
     (void)err;
     struct sync_delivery *s = (struct sync_delivery *)d;
@@ -511,7 +497,7 @@ int reboot_start(struct reboot *rb, char *errbuf, size_t errsize)
     rb->leader = leader_new(rb, errbuf, errsize);
     if (!rb->leader)
         return -EINVAL;
-    rb->outbox = outbox_new(rb, errbuf, errsize);
+    rb->outbox = reboot_outbox_new(rb, errbuf, errsize);
     if (!rb->outbox)
         return -EINVAL;
     rb->lanes = lanes_new(rb, errbuf, errsize);

@@ -19,6 +19,7 @@
 
 #include "config.h"
 #include "kafka.h"
+#include "outbox.h"
 
 struct service;
 struct redis;
@@ -111,8 +112,6 @@ int reboot_start(struct reboot *rb, char *errbuf, size_t errsize);
 int reboot_register_routes(struct reboot *rb); /* api.c */
 void reboot_stop(void *ud);                    /* service_on_shutdown */
 void reboot_free(struct reboot *rb);
-void reboot_on_delivery(void *opaque, int err, const char *errstr, int32_t partition,
-                        int64_t offset);
 void reboot_settings_get(struct reboot *rb, struct reboot_settings *out);
 
 /* What a transition does besides changing the state. */
@@ -138,10 +137,6 @@ void reboot_announced(struct reboot *rb, const struct command *c, const char *st
 /* Produces robot.reboot.requested for c to robot.commands.v1; opaque goes to the callback. */
 int reboot_produce_command(struct reboot *rb, const struct command *c, const char *origin,
                            void *opaque);
-/* A delivery waited for by a thread or handled by a function (opaque of produced messages). */
-struct delivery {
-    void (*done)(struct delivery *d, int err);
-};
 /* Produces and waits for the broker's answer (up to timeout_ms). 0 or negative. */
 int reboot_produce_command_sync(struct reboot *rb, const struct command *c, const char *origin,
                                 int timeout_ms);
@@ -264,11 +259,8 @@ void dispatcher_stop(struct dispatcher *d);
 void dispatcher_free(struct dispatcher *d);
 
 /* ---- outbox.c ---- */
-struct outbox *outbox_new(struct reboot *rb, char *errbuf, size_t errsize);
-/* A transition was stored here: relay soon. */
-void outbox_kick(struct outbox *ob);
-void outbox_stop(struct outbox *ob);
-void outbox_free(struct outbox *ob);
+/* Starts the relay of reboot:outbox (libcommon outbox.h: outbox_kick, outbox_stop, outbox_free). */
+struct outbox *reboot_outbox_new(struct reboot *rb, char *errbuf, size_t errsize);
 
 /* ---- lanes.c ---- */
 struct lanes *lanes_new(struct reboot *rb, char *errbuf, size_t errsize);

@@ -7,6 +7,7 @@
 #include <stdio.h>
 
 #include "log.h"
+#include "outbox.h"
 #include "registry.h"
 #include "service.h"
 
@@ -16,7 +17,7 @@ int main(int argc, char **argv)
         .name = "robot-registry",
         .default_port = 8082,
         .keys = registry_config_keys,
-        .on_delivery = registry_on_delivery,
+        .on_delivery = outbox_on_delivery, /* the outbox relay is its only producer */
     };
     char err[256];
     struct registry *reg = NULL;

@@ -86,13 +86,12 @@ struct job {
 
 struct registry {
     struct service *svc;
-    struct outbox *outbox;
+    struct registry_outbox *outbox;
     struct keyring *keyring;
     struct http_client *vendor;
     struct registry_settings set;
 
     struct redis_options ropts;
-    char redis_url[512];
     pthread_mutex_t redis_lock;
     struct redis *thread_redis[MAX_REDIS_THREADS];
     size_t nthread_redis;
@@ -392,12 +391,7 @@ struct registry *registry_new(struct service *svc, char *errbuf, size_t errsize)
     if (!reg->keyring)
         goto out_free;
 
-    str_copy(reg->redis_url, cfg_get_str(c, "redis.url"), sizeof(reg->redis_url));
-    reg->ropts = (struct redis_options){
-        .url = reg->redis_url,
-        .connect_timeout_ms = (int)cfg_get_int(c, "redis.connect_timeout_ms"),
-        .command_timeout_ms = (int)cfg_get_int(c, "redis.command_timeout_ms"),
-    };
+    reg->ropts = *service_redis_options(svc);
     struct registry_outbox_settings os = {
         .wait_ms = cfg_get_int(c, "registry.publish_wait_ms"),
         .poll_ms = cfg_get_int(c, "registry.outbox_poll_ms"),

@@ -45,9 +45,6 @@ struct registry_settings {
 struct registry *registry_new(struct service *svc, char *errbuf, size_t errsize);
 /* Adds every /v1/robots and /v1/sources route. */
 int registry_register_routes(struct registry *reg);
-/* The shared producer's delivery callback (service_def.on_delivery; outbox.c). */
-void registry_on_delivery(void *opaque, int err, const char *errstr, int32_t partition,
-                          int64_t offset);
 /* After HTTP drained: finishes the queued vendor jobs and stops the worker. */
 void registry_stop(void *ud);
 void registry_free(struct registry *reg); /* NULL-safe */
@@ -131,22 +128,22 @@ int registry_wait_announced(struct registry *reg, const char *entry_id);
 /* The traceparent the request's events carry (a child of its own, or a new trace). */
 void registry_traceparent(struct http_request *req, char out[TRACE_PARENT_LEN]);
 
-struct outbox;
+struct registry_outbox;
 struct registry_outbox_settings {
     int64_t wait_ms, poll_ms, lease_ms, batch;
 };
 typedef void (*registry_announced_fn)(void *ud, bool announced);
 /* Starts the relay thread on its own Redis connection. NULL + errbuf. */
-struct outbox *registry_outbox_new(struct service *svc, const struct redis_options *ropts,
-                                   const struct registry_outbox_settings *set, char *errbuf,
-                                   size_t errsize);
+struct registry_outbox *registry_outbox_new(struct service *svc, const struct redis_options *ropts,
+                                            const struct registry_outbox_settings *set,
+                                            char *errbuf, size_t errsize);
 /* Calls done(ud, announced) from the relay thread once entry_id left the stream, or in time. */
-void registry_outbox_wait(struct outbox *ob, const char *entry_id, registry_announced_fn done,
-                          void *ud);
-int registry_outbox_wait_sync(struct outbox *ob, const char *entry_id);
+void registry_outbox_wait(struct registry_outbox *ob, const char *entry_id,
+                          registry_announced_fn done, void *ud);
+int registry_outbox_wait_sync(struct registry_outbox *ob, const char *entry_id);
 /* Stops the relay (pending waiters are answered "not announced"); releases the lease. */
-void registry_outbox_stop(struct outbox *ob);
-void registry_outbox_free(struct outbox *ob); /* NULL-safe */
+void registry_outbox_stop(struct registry_outbox *ob);
+void registry_outbox_free(struct registry_outbox *ob); /* NULL-safe */
 
 /* Runs fn(reg, job) on the worker thread; req is suspended meanwhile. job is freed with free_fn. */
 typedef void (*registry_job_fn)(struct registry *reg, struct http_request *req, void *job);

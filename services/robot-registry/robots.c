@@ -207,6 +207,23 @@ bad:
     return NULL;
 }
 
+/* An object with no members but the two named; else e names the first other one. */
+static bool members_known(const cJSON *v, const char *object, const char *a, const char *b,
+                          struct field_err *e)
+{
+    const cJSON *it;
+    cJSON_ArrayForEach(it, v)
+    {
+        if (strcmp(it->string, a) != 0 && strcmp(it->string, b) != 0) {
+            char field[96];
+            snprintf(field, sizeof(field), "%s.%.60s", object, it->string);
+            ferr(e, field, "unknown field");
+            return false;
+        }
+    }
+    return true;
+}
+
 static cJSON *policy_from_json(const cJSON *v, struct field_err *e)
 {
     bool auto_reboot = false, soft = true, hard = false;
@@ -215,17 +232,9 @@ static cJSON *policy_from_json(const cJSON *v, struct field_err *e)
             ferr(e, "policy", "policy must be an object {auto_reboot, modes}");
             return NULL;
         }
-        const cJSON *it;
-        cJSON_ArrayForEach(it, v)
-        {
-            if (strcmp(it->string, "auto_reboot") != 0 && strcmp(it->string, "modes") != 0) {
-                char field[96];
-                snprintf(field, sizeof(field), "policy.%.60s", it->string);
-                ferr(e, field, "unknown field");
-                return NULL;
-            }
-        }
-        const cJSON *ar = cJSON_GetObjectItemCaseSensitive(v, "auto_reboot");
+        if (!members_known(v, "policy", "auto_reboot", "modes", e))
+            return NULL;
+        const cJSON *it, *ar = cJSON_GetObjectItemCaseSensitive(v, "auto_reboot");
         if (ar && !cJSON_IsBool(ar)) {
             ferr(e, "policy.auto_reboot", "auto_reboot must be true or false");
             return NULL;
@@ -276,16 +285,8 @@ static cJSON *window_from_json(const cJSON *v, struct field_err *e)
         ferr(e, "maintenance_window", "maintenance_window must be null or {cron, duration_s}");
         return NULL;
     }
-    const cJSON *it;
-    cJSON_ArrayForEach(it, v)
-    {
-        if (strcmp(it->string, "cron") != 0 && strcmp(it->string, "duration_s") != 0) {
-            char field[96];
-            snprintf(field, sizeof(field), "maintenance_window.%.60s", it->string);
-            ferr(e, field, "unknown field");
-            return NULL;
-        }
-    }
+    if (!members_known(v, "maintenance_window", "cron", "duration_s", e))
+        return NULL;
     const char *cron = json_get_str(v, "cron");
     if (!cron || strlen(cron) > 128 || !cron_valid(cron)) {
         ferr(e, "maintenance_window.cron",
@@ -706,6 +707,30 @@ static bool path_id(struct http_request *req, const char **id)
     return false;
 }
 
+/* The If-Match precondition as precondition() has it, or -EINVAL when answered 400. */
+static int if_match_param(struct http_request *req, int64_t *if_match)
+{
+    int pm = precondition(req, "If-Match", if_match);
+    if (pm == -3 || pm == -2) {
+        http_respond_problem(req, 400, "If-Match", "If-Match must be a version (ETag) like \"3\"");
+        return -EINVAL;
+    }
+    return pm;
+}
+
+/* True (answered 412, cur deleted) when If-Match named another version than the stored one. */
+static bool version_mismatch(struct http_request *req, int pm, int64_t if_match, int64_t version,
+                             cJSON *cur)
+{
+    if (pm != 0 || version == if_match)
+        return false;
+    cJSON_Delete(cur);
+    http_respond_problem(req, 412, "If-Match",
+                         "the robot is at version %lld, not %lld; fetch it again",
+                         (long long)version, (long long)if_match);
+    return true;
+}
+
 /*
  * The write path of PUT and PATCH: content is computed from the current record
  * by build() on each attempt, stored with a version check, and published.
@@ -716,12 +741,10 @@ static void write_robot(struct registry *reg, struct http_request *req, const ch
                         content_fn build, const void *ud, bool patch)
 {
     int64_t if_match = 0, if_none = 0;
-    int pm = precondition(req, "If-Match", &if_match);
+    int pm = if_match_param(req, &if_match);
     int pn = precondition(req, "If-None-Match", &if_none);
-    if (pm == -3 || pm == -2) {
-        http_respond_problem(req, 400, "If-Match", "If-Match must be a version (ETag) like \"3\"");
+    if (pm == -EINVAL)
         return;
-    }
     if (pn != -1 && pn != -2) {
         http_respond_problem(req, 400, "If-None-Match", "If-None-Match supports only *");
         return;
@@ -745,13 +768,8 @@ static void write_robot(struct registry *reg, struct http_request *req, const ch
             http_respond_problem(req, 409, "id", "a robot with this id already exists");
             return;
         }
-        if (pm == 0 && version != if_match) {
-            cJSON_Delete(cur);
-            http_respond_problem(req, 412, "If-Match",
-                                 "the robot is at version %lld, not %lld; fetch it again",
-                                 (long long)version, (long long)if_match);
+        if (version_mismatch(req, pm, if_match, version, cur))
             return;
-        }
         struct field_err e;
         cJSON *content = build(cur, ud, &e);
         if (!content) {
@@ -838,20 +856,8 @@ static cJSON *patch_content(const cJSON *current, const void *ud, struct field_e
     return out;
 }
 
-static void handle_put(struct http_request *req, void *ud)
-{
-    const char *id;
-    if (!path_id(req, &id))
-        return;
-    cJSON *body = registry_body_object(req);
-    if (!body)
-        return;
-    struct put_ctx p = {body, id};
-    write_robot(ud, req, id, put_content, &p, false);
-    cJSON_Delete(body);
-}
-
-static void handle_patch(struct http_request *req, void *ud)
+/* PUT replaces the content; PATCH merges into it and may not name a meta field. */
+static void write_from_body(struct http_request *req, struct registry *reg, bool patch)
 {
     const char *id;
     if (!path_id(req, &id))
@@ -862,15 +868,26 @@ static void handle_patch(struct http_request *req, void *ud)
     const cJSON *it;
     cJSON_ArrayForEach(it, body)
     {
-        if (listed(it->string, META_FIELDS, sizeof(META_FIELDS) / sizeof(META_FIELDS[0]))) {
+        if (patch &&
+            listed(it->string, META_FIELDS, sizeof(META_FIELDS) / sizeof(META_FIELDS[0]))) {
             http_respond_problem(req, 400, it->string, "%s is read-only", it->string);
             cJSON_Delete(body);
             return;
         }
     }
     struct put_ctx p = {body, id};
-    write_robot(ud, req, id, patch_content, &p, true);
+    write_robot(reg, req, id, patch ? patch_content : put_content, &p, patch);
     cJSON_Delete(body);
+}
+
+static void handle_put(struct http_request *req, void *ud)
+{
+    write_from_body(req, ud, false);
+}
+
+static void handle_patch(struct http_request *req, void *ud)
+{
+    write_from_body(req, ud, true);
 }
 
 /* GET: the record with the live state mirror merged under "state" (one round trip). */
@@ -935,11 +952,9 @@ static void handle_delete(struct http_request *req, void *ud)
     if (!path_id(req, &id))
         return;
     int64_t if_match = 0;
-    int pm = precondition(req, "If-Match", &if_match);
-    if (pm == -3 || pm == -2) {
-        http_respond_problem(req, 400, "If-Match", "If-Match must be a version (ETag) like \"3\"");
+    int pm = if_match_param(req, &if_match);
+    if (pm == -EINVAL)
         return;
-    }
     struct redis *r = registry_redis(reg);
     for (int attempt = 0; attempt < CAS_ATTEMPTS; attempt++) {
         cJSON *cur = NULL;
@@ -953,13 +968,8 @@ static void handle_delete(struct http_request *req, void *ud)
             http_respond_problem(req, 503, NULL, "redis is unavailable; nothing was deleted");
             return;
         }
-        if (pm == 0 && version != if_match) {
-            cJSON_Delete(cur);
-            http_respond_problem(req, 412, "If-Match",
-                                 "the robot is at version %lld, not %lld; fetch it again",
-                                 (long long)version, (long long)if_match);
+        if (version_mismatch(req, pm, if_match, version, cur))
             return;
-        }
         char now[TIME_RFC3339_LEN], entry[REGISTRY_OUTBOX_ID_MAX], tp[TRACE_PARENT_LEN];
         time_format_rfc3339(time_now_ms(), now, sizeof(now));
         cJSON_ReplaceItemInObjectCaseSensitive(cur, "updated_at", cJSON_CreateString(now));
@@ -1010,6 +1020,16 @@ static bool fleet_valid(const char *s)
 }
 
 /* Answers {"robots":[records...],"next_cursor":cursor or null}; takes nothing over. */
+/* A read that failed: Redis's error logged under what, rep freed, 503 answered. */
+static void read_failed(struct http_request *req, redisReply *rep, const char *what)
+{
+    if (rep && rep->type == REDIS_REPLY_ERROR)
+        LOG_ERROR("%s failed: %s", what, rep->str);
+    if (rep)
+        freeReplyObject(rep);
+    http_respond_problem(req, 503, NULL, "redis is unavailable");
+}
+
 static void respond_page(struct http_request *req, redisReply *const *records, size_t n,
                          const char *cursor)
 {
@@ -1053,11 +1073,7 @@ static void list_one_index(struct http_request *req, struct redis *r, const char
     snprintf(cnt, sizeof(cnt), "%lld", (long long)count);
     redisReply *ids = redis_cmd(r, "ZRANGEBYLEX", key, min, "+", "LIMIT", "0", cnt, (char *)NULL);
     if (!ids || ids->type != REDIS_REPLY_ARRAY) {
-        if (ids && ids->type == REDIS_REPLY_ERROR)
-            LOG_ERROR("robot list index read failed: %s", ids->str);
-        if (ids)
-            freeReplyObject(ids);
-        http_respond_problem(req, 503, NULL, "redis is unavailable");
+        read_failed(req, ids, "robot list index read");
         return;
     }
     size_t n = ids->elements;
@@ -1160,11 +1176,7 @@ static void handle_list(struct http_request *req, void *ud)
     redisReply *rep = redis_command(registry_redis(reg), argc, argv, NULL);
     if (!rep || rep->type != REDIS_REPLY_ARRAY || rep->elements < 1 ||
         rep->element[0]->type != REDIS_REPLY_STRING) {
-        if (rep && rep->type == REDIS_REPLY_ERROR)
-            LOG_ERROR("robot list script failed: %s", rep->str);
-        if (rep)
-            freeReplyObject(rep);
-        http_respond_problem(req, 503, NULL, "redis is unavailable");
+        read_failed(req, rep, "robot list script");
         return;
     }
     respond_page(req, rep->element + 1, rep->elements - 1, rep->element[0]->str);

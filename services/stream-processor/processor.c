@@ -16,8 +16,26 @@
  * cycle each dirty robot's changelog record (and its robot.state.v1 message if
  * the derived state changed) is produced, the processed positions are sent to
  * the transaction and it commits. Abortable error: abort, put every pre-image
- * back, seek each partition back to its committed position. Fatal (fenced):
- * stop and exit non-zero.
+ * back, seek each partition back to its committed position. Fatal: fenced (an
+ * instance with the same transactional id took over), stop and exit non-zero;
+ * any other fatal error (say INVALID_TXN_STATE, the broker having expired a
+ * transaction while it was away), or an abort that cannot finish: roll back
+ * the same way and replace the producer by one with the same transactional id
+ * (recover_producer), with backoff while the broker is still away.
+ *
+ * Offline verdicts. A robot's heartbeat deadline, and the end of its reboot
+ * grace, only fire once its events partition has caught up: what was
+ * processed (or the partition end the consumer reported since it last started
+ * reading there) is within CATCHUP_SLACK of the high watermark librdkafka saw
+ * (no round trip). Behind a backlog (a restore, a rollback, a broker back from
+ * an outage) the robot's newer heartbeats may still be unread: its deadline is
+ * put off by DEFER_MS and looked at again. A broker that does not answer
+ * (asked when nothing was read for QUIET_MS while deadlines are due), a
+ * consumer error or a replaced producer makes every partition unknown until a
+ * message or a partition end arrives, or the broker answered two metadata
+ * requests PING_MS apart; then every robot's offline clock restarts (its
+ * heartbeats could not arrive meanwhile), and once more when the first event
+ * arrives (upstream producers may reconnect later than we do).
  *
  * Rebalance. On assignment the state of the new partitions is rebuilt from the
  * changelog (read_committed, to its end) before the callback returns, so no
@@ -27,6 +45,11 @@
  *
  * Locking. One mutex guards the state; the processing thread holds it while it
  * handles a message, fires timers or commits, HTTP readers hold it briefly.
+ * The Redis mirror has a thread, a connection and a queue (mq_mu) of its own.
+ *
+ * Hot path. Heartbeats are read by evscan (no cJSON tree), event times and
+ * output times go through small per-thread caches, and the changelog and
+ * state records are written straight into a buffer.
  */
 #include "processor.h"
 
@@ -41,6 +64,7 @@
 #include "buf.h"
 #include "cloudevents.h"
 #include "crypto.h"
+#include "evscan.h"
 #include "http_server.h"
 #include "json.h"
 #include "kafka.h"
@@ -57,16 +81,21 @@
 #include "trace.h"
 #include "xalloc.h"
 
-#define NTOPICS         3 /* events, command status, registry */
-#define T_EVENTS        0
-#define T_STATUS        1
-#define T_REGISTRY      2
-#define OUT_MAX_BYTES   (64 * 1024)
-#define DLQ_MAX_PAYLOAD (256 * 1024)
-#define TXN_TIMEOUT_MS  30000
-#define COMMIT_RETRIES  3
-#define MIRROR_BATCH    1000
-#define INSTANCE_MAX    96
+#define NTOPICS          3 /* events, command status, registry */
+#define T_EVENTS         0
+#define T_STATUS         1
+#define T_REGISTRY       2
+#define OUT_MAX_BYTES    (64 * 1024)
+#define DLQ_MAX_PAYLOAD  (256 * 1024)
+#define TXN_TIMEOUT_MS   30000
+#define COMMIT_RETRIES   3
+#define MIRROR_BATCH     1000
+#define MIRROR_QUEUE_MAX 200000
+#define INSTANCE_MAX     96
+#define CATCHUP_SLACK    16  /* messages behind the high watermark that still count as caught up */
+#define DEFER_MS         250 /* a deadline of a partition that lags is looked at again after this */
+#define PING_MS          1000
+#define QUIET_MS         1500 /* nothing read this long while deadlines are due: ask the broker */
 
 static const char *const topic_names[NTOPICS] = {TOPIC_ROBOT_EVENTS, TOPIC_ROBOT_COMMAND_STATUS,
                                                  TOPIC_ROBOT_REGISTRY};
@@ -111,6 +140,7 @@ struct position {
     bool assigned;
     int64_t committed; /* next offset as of the last commit, -1 unknown */
     int64_t next;      /* next offset after what was processed, -1 none */
+    int64_t eof;       /* where the partition's end was last seen since reading (re)started, -1 */
 };
 
 struct undo {
@@ -119,11 +149,30 @@ struct undo {
     struct robot saved;
 };
 
+/*
+ * RFC 3339 times without a gmtime and a printf per call: the text of the last
+ * few seconds formatted is kept (event times and the wall clock alternate) and
+ * only the milliseconds change. One cache per thread.
+ */
+#define TIME_CACHE_SLOTS 4
+
+struct time_cache {
+    int64_t sec[TIME_CACHE_SLOTS]; /* -1: empty */
+    char text[TIME_CACHE_SLOTS][TIME_RFC3339_LEN];
+    unsigned next; /* the slot to replace */
+};
+
+/* One Redis mirror update: the numbers, formatted by the mirror thread. */
 struct mirror_item {
     bool del;
+    bool reset; /* a DEL of the key came before this update */
+    bool in_progress;
+    uint8_t status;
+    uint8_t faults;
+    uint64_t version;
+    int64_t heartbeat_ms, updated_ms, offset;
+    size_t keylen;
     char key[ROBOT_ID_MAX + 16];
-    char version[24], status[16], heartbeat[TIME_RFC3339_LEN], updated[TIME_RFC3339_LEN];
-    char offset[24], in_progress[8], faults[8];
 };
 
 struct processor {
@@ -133,6 +182,7 @@ struct processor {
     struct redis *redis;
     char bootstrap[512];
     char group[208];
+    char *group_json; /* group, JSON-escaped */
     char txn_id[INSTANCE_MAX + 32];
     char client_id[INSTANCE_MAX + 40];
     const struct kafka_prop *props;
@@ -156,9 +206,26 @@ struct processor {
     size_t nundo, undo_cap;
     struct robot **dirty;
     size_t ndirty, dirty_cap;
-    struct mirror_item *mirror;
+    struct mirror_item *mirror; /* staged in the open cycle */
     size_t nmirror, mirror_cap;
+
+    /* the mirror thread's queue (mq_mu) */
+    pthread_mutex_t mq_mu;
+    pthread_cond_t mq_ready, mq_drained;
+    struct mirror_item *mq;
+    size_t mq_n, mq_cap;
+    bool mirror_stop, mirror_running;
+    pthread_t mirror_thread;
+    char mirror_sha[48]; /* the mirror thread's */
     bool txn_open;
+    bool broken;     /* a fatal producer error: recover_producer replaces the producer */
+    bool fetch_ok;   /* no consumer error since the last sign that the broker answers */
+    bool await_flow; /* since the broker came back, no event was read yet */
+    int64_t next_ping_ms;
+    int64_t last_read_ms; /* monotonic: the consumer's last message or partition end */
+    int pings_ok;
+    int8_t *catchup; /* by partition, within one fire_timers: 0 unknown, 1 caught up, 2 lagging */
+    size_t catchup_cap;
     int64_t cycle_start_ms;
     int64_t cycle_events;
 
@@ -171,9 +238,15 @@ struct processor {
     /* metrics */
     struct metric *m_events, *m_late, *m_dupes, *m_dlq, *m_commit, *m_commits, *m_aborts;
     struct metric *m_robots, *m_state_bytes, *m_by_status, *m_timers, *m_lag, *m_requests;
-    struct metric *m_suppressed, *m_restored, *m_mirror_errors;
+    struct metric *m_suppressed, *m_restored, *m_mirror_errors, *m_deferred;
     struct metric_series *s_events[EVENT_KIND_COUNT + 2];
     int64_t next_gauges_ms;
+
+    /* event_time's cache (processing thread only) */
+    struct time_cache tc; /* format_time's */
+    char time_cache[20];
+    int64_t time_cache_base;
+    bool time_cache_ok;
 };
 
 /* ---- helpers ---- */
@@ -197,12 +270,24 @@ static void settings_read(const struct cfg *c, struct settings *s)
     s->mirror_heartbeat_ms = cfg_get_int(c, "stream.mirror_heartbeat_s") * 1000;
 }
 
-static void fail_fatal(struct processor *p, const char *what)
+/*
+ * The producer returned KAFKA_ERR_FATAL. Fenced: another instance owns the
+ * transactional id now, exit non-zero. Any other fatal error: the caller rolls
+ * back and the thread replaces the producer (recover_producer).
+ */
+static void producer_fatal(struct processor *p, const char *what)
 {
-    LOG_ERROR("fatal kafka error in %s: the producer is fenced or broken, exiting", what);
-    atomic_store(&p->failed, true);
-    atomic_store(&p->stop, true);
-    lifecycle_request_stop();
+    if (p->broken)
+        return;
+    p->broken = true;
+    if (kafka_producer_fenced(p->producer)) {
+        LOG_ERROR("fatal kafka error in %s: the producer is fenced, exiting", what);
+        atomic_store(&p->failed, true);
+        atomic_store(&p->stop, true);
+        lifecycle_request_stop();
+        return;
+    }
+    LOG_WARN("fatal kafka error in %s (not a fence): the producer will be replaced", what);
 }
 
 static struct position *position_of(struct processor *p, int t, int32_t partition)
@@ -214,7 +299,7 @@ static struct position *position_of(struct processor *p, int t, int32_t partitio
         for (int i = 0; i < NTOPICS; i++) {
             p->pos[i] = xrealloc(p->pos[i], n * sizeof(struct position));
             for (size_t j = p->npos; j < n; j++)
-                p->pos[i][j] = (struct position){false, -1, -1};
+                p->pos[i][j] = (struct position){false, -1, -1, -1};
         }
         p->npos = n;
     }
@@ -235,9 +320,11 @@ static int txn_ensure(struct processor *p)
 {
     if (p->txn_open)
         return 0;
+    if (p->broken)
+        return KAFKA_ERR_FATAL;
     int rc = kafka_txn_begin(p->producer);
     if (rc == KAFKA_ERR_FATAL) {
-        fail_fatal(p, "begin_transaction");
+        producer_fatal(p, "begin_transaction");
         return rc;
     }
     if (rc)
@@ -288,7 +375,7 @@ static void changed(struct processor *p, struct robot *r, struct derived before,
 {
     struct derived after = derive(p, r, now);
     r->version++;
-    r->updated_ms = time_now_ms();
+    r->updated_ms = now;
     if (after.status != before.status || after.in_progress != before.in_progress ||
         after.faults != before.faults)
         r->flags |= ROBOT_F_EMIT;
@@ -296,7 +383,7 @@ static void changed(struct processor *p, struct robot *r, struct derived before,
 
 static void arm(struct processor *p, struct robot *r)
 {
-    int64_t due = rules_offline_deadline(r, &p->set.rules);
+    int64_t due = rules_next_deadline(r, &p->set.rules);
     if (due == 0)
         deadline_heap_remove(p->heap, r);
     else if (r->heap_idx == HEAP_NONE || due < r->heap_key)
@@ -304,9 +391,13 @@ static void arm(struct processor *p, struct robot *r)
     /* a later deadline is picked up lazily when the earlier one comes due */
 }
 
-static void rollback(struct processor *p)
+/*
+ * Puts every pre-image back and seeks each partition to its committed offset:
+ * those with processed messages, or all of them (all: messages may have been
+ * read without being processed, as when the producer broke).
+ */
+static void rollback(struct processor *p, bool all)
 {
-    int64_t now = time_now_ms();
     for (size_t i = p->nundo; i-- > 0;) {
         struct undo *u = &p->undo[i];
         struct robot *r = u->r;
@@ -323,47 +414,54 @@ static void rollback(struct processor *p)
         r->flags = 0;
         /* the replay will bring its heartbeats back: no offline verdict before that */
         r->grace_ms = time_now_ms() + p->set.rules.offline_after_ms;
-        int64_t due = rules_offline_deadline(r, &p->set.rules);
+        int64_t due = rules_next_deadline(r, &p->set.rules);
         if (due)
             deadline_heap_set(p->heap, r, due);
         else
             deadline_heap_remove(p->heap, r);
     }
-    (void)now;
     p->nundo = 0;
     p->ndirty = 0;
     p->nmirror = 0;
     for (int t = 0; t < NTOPICS; t++) {
         for (size_t i = 0; i < p->npos; i++) {
             struct position *ps = &p->pos[t][i];
-            if (!ps->assigned || ps->committed < 0 || ps->next == ps->committed)
+            if (!ps->assigned || ps->committed < 0 || (!all && ps->next == ps->committed))
                 continue;
             if (kafka_consumer_seek(p->consumer, topic_names[t], (int32_t)i, ps->committed, 5000) !=
                 0)
                 LOG_WARN("cannot rewind '%s' [%zu] to %lld", topic_names[t], i,
                          (long long)ps->committed);
             ps->next = ps->committed;
+            ps->eof = -1; /* behind again until its end is seen */
         }
     }
 }
 
+/*
+ * Aborts the open transaction and rolls back. An abort that cannot finish (the
+ * broker away for all the retries, or a fatal error) leaves the producer to be
+ * replaced: the new one's init_transactions aborts what this one left open.
+ */
 static int abort_cycle(struct processor *p)
 {
-    int rc;
-    for (int i = 0; i < COMMIT_RETRIES; i++) {
+    int rc = 0;
+    for (int i = 0; !p->broken && i < COMMIT_RETRIES; i++) {
         rc = kafka_txn_abort(p->producer, TXN_TIMEOUT_MS);
         if (rc != KAFKA_ERR_RETRIABLE && rc != KAFKA_ERR_TIMEOUT)
             break;
     }
     p->txn_open = false;
     metric_add(p->m_aborts, 1);
-    if (rc) {
-        fail_fatal(p, "abort_transaction");
-        return rc;
+    if (rc == KAFKA_ERR_FATAL) {
+        producer_fatal(p, "abort_transaction");
+    } else if (rc) {
+        LOG_WARN("the transaction cannot be aborted: the producer will be replaced");
+        p->broken = true;
     }
-    rollback(p);
+    rollback(p, p->broken);
     LOG_WARN("transaction aborted: rewound to the committed offsets and state");
-    return 0;
+    return rc;
 }
 
 static int produce(struct processor *p, const char *topic, int32_t partition, const char *key,
@@ -373,7 +471,7 @@ static int produce(struct processor *p, const char *topic, int32_t partition, co
     int rc = kafka_producer_send(p->producer, topic, partition, key, strlen(key), value, len,
                                  traceparent ? &h : NULL, traceparent ? 1 : 0, NULL);
     if (rc == KAFKA_ERR_FATAL)
-        fail_fatal(p, "produce");
+        producer_fatal(p, "produce");
     return rc;
 }
 
@@ -384,6 +482,69 @@ static void add_time(cJSON *o, const char *name, int64_t ms)
         cJSON_AddStringToObject(o, name, t);
     else
         cJSON_AddNullToObject(o, name);
+}
+
+#define RFC3339_MS_LEN 24 /* "YYYY-MM-DDTHH:MM:SS.mmmZ" */
+
+static void time_cache_init(struct time_cache *c)
+{
+    memset(c, 0, sizeof(*c));
+    for (int i = 0; i < TIME_CACHE_SLOTS; i++)
+        c->sec[i] = -1;
+}
+
+static void format_time(struct time_cache *c, int64_t ms, char out[TIME_RFC3339_LEN])
+{
+    int64_t sec = ms >= 0 ? ms / 1000 : -1;
+    int slot = -1;
+    for (int i = 0; sec >= 0 && i < TIME_CACHE_SLOTS && slot < 0; i++)
+        if (c->sec[i] == sec)
+            slot = i;
+    if (slot < 0) {
+        if (time_format_rfc3339(ms, out, TIME_RFC3339_LEN) != 0)
+            out[0] = '\0';
+        if (sec >= 0 && strlen(out) == RFC3339_MS_LEN) {
+            unsigned i = c->next++ % TIME_CACHE_SLOTS;
+            memcpy(c->text[i], out, RFC3339_MS_LEN + 1);
+            c->sec[i] = sec;
+        }
+        return;
+    }
+    int frac = (int)(ms % 1000);
+    memcpy(out, c->text[slot], RFC3339_MS_LEN + 1);
+    out[20] = (char)('0' + frac / 100);
+    out[21] = (char)('0' + frac / 10 % 10);
+    out[22] = (char)('0' + frac % 10);
+}
+
+static int append_i64(struct buf *b, int64_t v)
+{
+    char t[24];
+    size_t n = 0;
+    uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
+    do {
+        t[sizeof(t) - ++n] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    if (v < 0)
+        t[sizeof(t) - ++n] = '-';
+    return buf_append(b, t + sizeof(t) - n, n);
+}
+
+/* ,"name":"time" or ,"name":null for 0 */
+static void append_time_member(struct processor *p, struct buf *b, const char *name, int64_t ms)
+{
+    char t[TIME_RFC3339_LEN];
+    buf_append_str(b, ",\"");
+    buf_append_str(b, name);
+    if (ms <= 0) {
+        buf_append_str(b, "\":null");
+        return;
+    }
+    format_time(&p->tc, ms, t);
+    buf_append_str(b, "\":\"");
+    buf_append_str(b, t);
+    buf_append_str(b, "\"");
 }
 
 static void command_id(const struct robot *r, char *out, size_t size)
@@ -467,6 +628,59 @@ static cJSON *state_json(const struct processor *p, const struct robot *r, int64
 }
 
 /*
+ * The robot.state CloudEvent, the same document ce_build makes of state_json:
+ * built by hand, it is on the hot path (one per robot whose derived state
+ * changed in the cycle).
+ */
+static int produce_state(struct processor *p, const struct robot *r, int64_t now, struct buf *b)
+{
+    char t[TIME_RFC3339_LEN], cmd[ROBOT_ID_MAX + 64], tp[TRACE_PARENT_LEN];
+    format_time(&p->tc, r->updated_ms, t);
+    trace_parent_child(NULL, tp);
+    command_id(r, cmd, sizeof(cmd));
+    buf_reset(b);
+    buf_append_str(b, "{\"specversion\":\"1.0\",\"id\":\"sp-");
+    buf_append_json_str(b, r->id);
+    buf_append_str(b, "-state-");
+    append_i64(b, (int64_t)r->version);
+    buf_append_str(b,
+                   "\",\"source\":\"/stream-processor\",\"type\":\"robot.state\",\"subject\":\"");
+    buf_append_json_str(b, r->id);
+    buf_append_str(b, "\",\"time\":\"");
+    buf_append_str(b, t);
+    buf_append_str(b, "\",\"datacontenttype\":\"application/json\",\"data\":{\"robot_id\":\"");
+    buf_append_json_str(b, r->id);
+    buf_append_str(b, "\",\"status\":\"");
+    buf_append_str(b, robot_status_name((enum robot_status)r->status));
+    buf_append_str(b, "\"");
+    append_time_member(p, b, "last_heartbeat_at", r->last_heartbeat_ms);
+    buf_append_str(b, ",\"faults_in_window\":");
+    append_i64(b, rules_faults_in_window(r, &p->set.rules));
+    buf_append_str(b, rules_in_progress(r, &p->set.rules, now) ? ",\"reboot_in_progress\":true"
+                                                               : ",\"reboot_in_progress\":false");
+    append_time_member(p, b, "reboot_since", r->reboot_since_ms);
+    if (cmd[0]) {
+        buf_append_str(b, ",\"last_command_id\":\"");
+        buf_append_json_str(b, cmd);
+        buf_append_str(b, "\"");
+    } else {
+        buf_append_str(b, ",\"last_command_id\":null");
+    }
+    append_time_member(p, b, "last_request_at", r->last_request_ms);
+    append_time_member(p, b, "updated_at", r->updated_ms);
+    buf_append_str(b, ",\"version\":");
+    append_i64(b, (int64_t)r->version);
+    buf_append_str(b, ",\"partition\":");
+    append_i64(b, r->partition);
+    buf_append_str(b, ",\"offset\":");
+    append_i64(b, r->last_offset);
+    int rc = buf_append_str(b, "}}");
+    if (rc)
+        return rc;
+    return produce(p, TOPIC_ROBOT_STATE, r->partition, r->id, b->data, b->len, tp);
+}
+
+/*
  * A changelog record is a CloudEvent (type stream-processor.state) whose data
  * carries the binary record of state.h in base64: built by hand, it is on the
  * hot path (one per robot changed per cycle).
@@ -478,18 +692,23 @@ static int produce_changelog(struct processor *p, const struct robot *r, uint8_t
     size_t len = changelog_encode(r, rec);
     if (crypto_base64_encode(rec, len, b64, sizeof(b64)) < 0)
         return -E2BIG;
-    time_format_rfc3339(r->updated_ms, t, sizeof(t));
+    format_time(&p->tc, r->updated_ms, t);
     buf_reset(b);
     buf_append_str(b, "{\"specversion\":\"1.0\",\"id\":\"sp-");
     buf_append_json_str(b, r->id);
-    buf_appendf(b, "-cl-%llu\",\"source\":\"/stream-processor/", (unsigned long long)r->version);
-    buf_append_json_str(b, p->group);
+    buf_append_str(b, "-cl-");
+    append_i64(b, (int64_t)r->version);
+    buf_append_str(b, "\",\"source\":\"/stream-processor/");
+    buf_append_str(b, p->group_json);
     buf_append_str(b, "\",\"type\":\"stream-processor.state\",\"subject\":\"");
     buf_append_json_str(b, r->id);
-    int rc = buf_appendf(b,
-                         "\",\"time\":\"%s\",\"datacontenttype\":\"application/json\","
-                         "\"data\":{\"format\":%d,\"record\":\"%s\"}}",
-                         t, CHANGELOG_FORMAT, b64);
+    buf_append_str(b, "\",\"time\":\"");
+    buf_append_str(b, t);
+    buf_append_str(b, "\",\"datacontenttype\":\"application/json\",\"data\":{\"format\":");
+    append_i64(b, CHANGELOG_FORMAT);
+    buf_append_str(b, ",\"record\":\"");
+    buf_append_str(b, b64);
+    int rc = buf_append_str(b, "\"}}");
     if (rc)
         return rc;
     return produce(p, TOPIC_SP_CHANGELOG, r->partition, r->id, b->data, b->len, trace);
@@ -518,6 +737,14 @@ static int changelog_record(const struct processor *p, const char *value, size_t
     return rc;
 }
 
+/*
+ * The Redis mirror. The processing thread stages one item per robot at commit
+ * (the numbers only) and, once the transaction committed, hands the cycle's
+ * items to the mirror thread (mirror_submit); that thread formats them and
+ * writes them on its own connection, pipelined, MIRROR_BATCH at a time, the
+ * newest item of each robot only when it fell behind. Redis is never waited
+ * for on the processing thread, unless more than MIRROR_QUEUE_MAX items wait.
+ */
 static void mirror_add(struct processor *p, const struct robot *r, bool del, int64_t now)
 {
     if (p->nmirror == p->mirror_cap) {
@@ -525,20 +752,51 @@ static void mirror_add(struct processor *p, const struct robot *r, bool del, int
         p->mirror = xrealloc(p->mirror, p->mirror_cap * sizeof(*p->mirror));
     }
     struct mirror_item *m = &p->mirror[p->nmirror++];
+    size_t idlen = strlen(r->id);
     m->del = del;
-    snprintf(m->key, sizeof(m->key), "state:robot:%s", r->id);
+    m->reset = false;
+    memcpy(m->key, "state:robot:", 12);
+    memcpy(m->key + 12, r->id, idlen + 1);
+    m->keylen = 12 + idlen;
     if (del)
         return;
-    snprintf(m->version, sizeof(m->version), "%llu", (unsigned long long)r->version);
-    str_copy(m->status, robot_status_name((enum robot_status)r->status), sizeof(m->status));
-    m->heartbeat[0] = '\0';
-    if (r->last_heartbeat_ms > 0)
-        time_format_rfc3339(r->last_heartbeat_ms, m->heartbeat, sizeof(m->heartbeat));
-    time_format_rfc3339(r->updated_ms, m->updated, sizeof(m->updated));
-    snprintf(m->offset, sizeof(m->offset), "%lld", (long long)r->last_offset);
-    str_copy(m->in_progress, rules_in_progress(r, &p->set.rules, now) ? "1" : "0",
-             sizeof(m->in_progress));
-    snprintf(m->faults, sizeof(m->faults), "%d", rules_faults_in_window(r, &p->set.rules));
+    m->version = r->version;
+    m->status = r->status;
+    m->heartbeat_ms = r->last_heartbeat_ms;
+    m->updated_ms = r->updated_ms;
+    m->offset = r->last_offset;
+    m->in_progress = rules_in_progress(r, &p->set.rules, now);
+    m->faults = (uint8_t)rules_faults_in_window(r, &p->set.rules);
+}
+
+/* Hands the staged items to the mirror thread (after a commit or a restore). */
+static void mirror_submit(struct processor *p)
+{
+    if (p->nmirror == 0)
+        return;
+    pthread_mutex_lock(&p->mq_mu);
+    while (p->mq_n > MIRROR_QUEUE_MAX && p->mirror_running && !p->mirror_stop)
+        pthread_cond_wait(&p->mq_drained, &p->mq_mu);
+    if (p->mq_n == 0) {
+        /* swap: no copy in the common case */
+        struct mirror_item *t = p->mq;
+        size_t cap = p->mq_cap;
+        p->mq = p->mirror;
+        p->mq_cap = p->mirror_cap;
+        p->mirror = t;
+        p->mirror_cap = cap;
+        p->mq_n = p->nmirror;
+    } else {
+        if (p->mq_n + p->nmirror > p->mq_cap) {
+            p->mq_cap = (p->mq_n + p->nmirror) * 2;
+            p->mq = xrealloc(p->mq, p->mq_cap * sizeof(*p->mq));
+        }
+        memcpy(p->mq + p->mq_n, p->mirror, p->nmirror * sizeof(*p->mirror));
+        p->mq_n += p->nmirror;
+    }
+    pthread_cond_signal(&p->mq_ready);
+    pthread_mutex_unlock(&p->mq_mu);
+    p->nmirror = 0;
 }
 
 /* Only a newer version replaces the mirror, so a replay never moves it backwards. */
@@ -550,45 +808,178 @@ static const char MIRROR_SCRIPT[] =
     "'faults_in_window', ARGV[7])\n"
     "return 1\n";
 
-static void mirror_flush(struct processor *p)
+/* Keeps the newest item of each key (the items are in commit order). */
+static size_t mirror_coalesce(struct mirror_item *v, size_t n)
 {
-    for (size_t from = 0; from < p->nmirror; from += MIRROR_BATCH) {
-        size_t n = p->nmirror - from < MIRROR_BATCH ? p->nmirror - from : MIRROR_BATCH;
-        struct redis_cmd *cmds = xcalloc(n, sizeof(*cmds));
-        const char **argv = xcalloc(n * 11, sizeof(*argv));
-        redisReply **replies = xcalloc(n, sizeof(*replies));
-        for (size_t i = 0; i < n; i++) {
-            struct mirror_item *m = &p->mirror[from + i];
-            const char **a = argv + i * 11;
-            if (m->del) {
+    size_t nslots = 16;
+    while (nslots < n * 2)
+        nslots *= 2;
+    uint32_t *slots = xmalloc(nslots * sizeof(*slots)); /* index + 1, 0 = empty */
+    memset(slots, 0, nslots * sizeof(*slots));
+    bool *keep = xcalloc(n, sizeof(*keep));
+    for (size_t i = n; i-- > 0;) {
+        size_t h = (size_t)state_hash(v[i].key, v[i].keylen) & (nslots - 1);
+        while (slots[h] && strcmp(v[slots[h] - 1].key, v[i].key) != 0)
+            h = (h + 1) & (nslots - 1);
+        if (!slots[h]) {
+            slots[h] = (uint32_t)i + 1;
+            keep[i] = true;
+        } else if (v[i].del && !v[slots[h] - 1].del) {
+            /* an older DEL: the newer record starts from a fresh hash */
+            v[slots[h] - 1].reset = true;
+        }
+    }
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++)
+        if (keep[i])
+            v[k++] = v[i];
+    free(keep);
+    free(slots);
+    return k;
+}
+
+struct mirror_text {
+    char version[24], status[16], heartbeat[TIME_RFC3339_LEN], updated[TIME_RFC3339_LEN];
+    char offset[24], faults[8];
+};
+
+static void mirror_write(struct processor *p, struct mirror_item *v, size_t n,
+                         struct time_cache *tc)
+{
+    size_t cap = MIRROR_BATCH * 2;
+    struct redis_cmd *cmds = xcalloc(cap, sizeof(*cmds));
+    const char **argv = xcalloc(cap * 11, sizeof(*argv));
+    redisReply **replies = xcalloc(cap, sizeof(*replies));
+    struct mirror_text *txt = xcalloc(MIRROR_BATCH, sizeof(*txt));
+    for (size_t from = 0; from < n; from += MIRROR_BATCH) {
+        size_t batch = n - from < MIRROR_BATCH ? n - from : MIRROR_BATCH, nc = 0;
+        for (size_t i = 0; i < batch; i++) {
+            struct mirror_item *m = &v[from + i];
+            struct mirror_text *t = &txt[i];
+            if (m->del || m->reset) {
+                const char **a = argv + nc * 11;
                 a[0] = "DEL";
                 a[1] = m->key;
-                cmds[i] = (struct redis_cmd){2, a, NULL};
-                continue;
+                cmds[nc++] = (struct redis_cmd){2, a, NULL};
+                if (m->del)
+                    continue;
             }
-            const char *args[] = {"EVAL",     MIRROR_SCRIPT,  "1",          m->key,
-                                  m->version, m->status,      m->heartbeat, m->updated,
-                                  m->offset,  m->in_progress, m->faults};
+            snprintf(t->version, sizeof(t->version), "%llu", (unsigned long long)m->version);
+            str_copy(t->status, robot_status_name((enum robot_status)m->status), sizeof(t->status));
+            t->heartbeat[0] = '\0';
+            if (m->heartbeat_ms > 0)
+                format_time(tc, m->heartbeat_ms, t->heartbeat);
+            format_time(tc, m->updated_ms, t->updated);
+            snprintf(t->offset, sizeof(t->offset), "%lld", (long long)m->offset);
+            snprintf(t->faults, sizeof(t->faults), "%d", m->faults);
+            const char *args[] = {p->mirror_sha[0] ? "EVALSHA" : "EVAL",
+                                  p->mirror_sha[0] ? p->mirror_sha : MIRROR_SCRIPT,
+                                  "1",
+                                  m->key,
+                                  t->version,
+                                  t->status,
+                                  t->heartbeat,
+                                  t->updated,
+                                  t->offset,
+                                  m->in_progress ? "1" : "0",
+                                  t->faults};
+            const char **a = argv + nc * 11;
             memcpy(a, args, sizeof(args));
-            cmds[i] = (struct redis_cmd){11, a, NULL};
+            cmds[nc++] = (struct redis_cmd){11, a, NULL};
         }
-        if (redis_pipeline(p->redis, n, cmds, replies) != 0) {
-            metric_add(p->m_mirror_errors, (double)n);
+        int err = 0;
+        if (redis_pipeline(p->redis, nc, cmds, replies) != 0) {
+            err = (int)batch;
             LOG_WARN("redis mirror update failed: %s", redis_last_error(p->redis));
         }
-        for (size_t i = 0; i < n; i++) {
+        for (size_t i = 0; i < nc; i++) {
             if (replies[i] && replies[i]->type == REDIS_REPLY_ERROR) {
-                metric_add(p->m_mirror_errors, 1);
-                LOG_WARN("redis mirror update failed: %s", replies[i]->str);
+                err++;
+                if (strncmp(replies[i]->str, "NOSCRIPT", 8) == 0)
+                    p->mirror_sha[0] = '\0'; /* flushed scripts: EVAL from now on */
+                else
+                    LOG_WARN("redis mirror update failed: %s", replies[i]->str);
             }
             if (replies[i])
                 freeReplyObject(replies[i]);
+            replies[i] = NULL;
         }
-        free(replies);
-        free(argv);
-        free(cmds);
+        if (err)
+            metric_add(p->m_mirror_errors, (double)err);
     }
-    p->nmirror = 0;
+    free(txt);
+    free(replies);
+    free(argv);
+    free(cmds);
+}
+
+static void mirror_load_script(struct processor *p)
+{
+    redisReply *rep = redis_cmd(p->redis, "SCRIPT", "LOAD", MIRROR_SCRIPT, (char *)NULL);
+    if (rep && rep->type == REDIS_REPLY_STRING && rep->len < sizeof(p->mirror_sha))
+        str_copy(p->mirror_sha, rep->str, sizeof(p->mirror_sha));
+    else
+        p->mirror_sha[0] = '\0';
+    if (rep)
+        freeReplyObject(rep);
+}
+
+static void *mirror_run(void *arg)
+{
+    struct processor *p = arg;
+    struct mirror_item *work = NULL;
+    size_t work_cap = 0;
+    struct time_cache tc;
+    time_cache_init(&tc);
+    int64_t next_load_ms = 0;
+    pthread_mutex_lock(&p->mq_mu);
+    for (;;) {
+        while (p->mq_n == 0 && !p->mirror_stop)
+            pthread_cond_wait(&p->mq_ready, &p->mq_mu);
+        if (p->mq_n == 0)
+            break; /* stopping and drained */
+        struct mirror_item *t = work;
+        size_t cap = work_cap, n = p->mq_n;
+        work = p->mq;
+        work_cap = p->mq_cap;
+        p->mq = t;
+        p->mq_cap = cap;
+        p->mq_n = 0;
+        pthread_cond_broadcast(&p->mq_drained);
+        pthread_mutex_unlock(&p->mq_mu);
+        if (!p->mirror_sha[0] && time_mono_ms() >= next_load_ms) {
+            mirror_load_script(p);
+            next_load_ms = time_mono_ms() + 5000;
+        }
+        mirror_write(p, work, mirror_coalesce(work, n), &tc);
+        pthread_mutex_lock(&p->mq_mu);
+    }
+    pthread_mutex_unlock(&p->mq_mu);
+    free(work);
+    return NULL;
+}
+
+static int mirror_start(struct processor *p)
+{
+    int rc = pthread_create(&p->mirror_thread, NULL, mirror_run, p);
+    if (rc)
+        return -rc;
+    p->mirror_running = true;
+    return 0;
+}
+
+/* Writes what is queued, then stops the mirror thread. */
+static void mirror_stop(struct processor *p)
+{
+    if (!p->mirror_running)
+        return;
+    pthread_mutex_lock(&p->mq_mu);
+    p->mirror_stop = true;
+    pthread_cond_signal(&p->mq_ready);
+    pthread_cond_broadcast(&p->mq_drained);
+    pthread_mutex_unlock(&p->mq_mu);
+    pthread_join(p->mirror_thread, NULL);
+    p->mirror_running = false;
 }
 
 /* Produces the cycle's state outputs, sends the offsets and commits. 0 or negative. */
@@ -615,10 +1006,7 @@ static int commit_cycle(struct processor *p)
         }
         rc = produce_changelog(p, r, rec, &cl, trace);
         if (rc == 0 && (r->flags & ROBOT_F_EMIT)) {
-            char id[ROBOT_ID_MAX + 48];
-            snprintf(id, sizeof(id), "sp-%s-state-%llu", r->id, (unsigned long long)r->version);
-            rc = produce_cloudevent(p, TOPIC_ROBOT_STATE, r->partition, id, "robot.state", r->id,
-                                    r->updated_ms, state_json(p, r, now), NULL);
+            rc = produce_state(p, r, now, &cl);
         }
         if ((r->flags & ROBOT_F_EMIT) || now - r->mirrored_ms >= p->set.mirror_heartbeat_ms) {
             r->mirrored_ms = now;
@@ -654,10 +1042,11 @@ static int commit_cycle(struct processor *p)
         if (i == COMMIT_RETRIES - 1)
             rc = KAFKA_ERR_TIMEOUT;
     }
-    if (rc == KAFKA_ERR_FATAL || atomic_load(&p->failed)) {
-        fail_fatal(p, "commit_transaction");
-        p->txn_open = false;
+    if (rc == KAFKA_ERR_FATAL)
+        producer_fatal(p, "commit_transaction");
+    if (p->broken || atomic_load(&p->failed)) {
         p->nmirror = 0;
+        abort_cycle(p); /* no abort call on a broken producer: the rollback only */
         return KAFKA_ERR_FATAL;
     }
     if (rc != 0) {
@@ -683,7 +1072,7 @@ static int commit_cycle(struct processor *p)
     p->ndirty = 0;
     metric_observe(p->m_commit, (double)(time_mono_ms() - t0) / 1000.0);
     metric_add(p->m_commits, 1);
-    mirror_flush(p);
+    mirror_submit(p);
     return 0;
 }
 
@@ -757,37 +1146,55 @@ static struct robot *robot_for(struct processor *p, const char *id, size_t len, 
     return r;
 }
 
-static int handle_event(struct processor *p, const struct kafka_msg *m, const cJSON *root,
-                        const struct cloudevent *ev, const char *parent, const char **error)
+/*
+ * Event time in ms. Events arrive in bursts that share their second, and
+ * timegm (under time_parse_rfc3339) is slow: the base of the last second seen
+ * in the common "YYYY-MM-DDTHH:MM:SS[.fff]Z" form is kept, and a time of the
+ * same second only adds its milliseconds. Anything else goes to
+ * time_parse_rfc3339, which also validated the cached second.
+ */
+static int event_time(struct processor *p, const char *t, size_t len, int64_t *ms)
 {
-    size_t len;
-    const char *id = robot_id_of(ev, m, &len);
-    int64_t now = time_now_ms();
-    struct robot_event re = {.kind = rules_event_kind(ev->type)};
-    const cJSON *data = cJSON_GetObjectItemCaseSensitive(root, "data");
-    const char *t = ev->time ? ev->time : json_get_str(data, "occurred_at");
+    char buf[64];
+    const size_t sec_len = 19; /* YYYY-MM-DDTHH:MM:SS */
+    bool simple = (len == sec_len + 1 || len == sec_len + 5) && t[len - 1] == 'Z';
+    int frac = 0;
+    if (simple && len == sec_len + 5) {
+        simple = t[sec_len] == '.';
+        for (size_t i = sec_len + 1; simple && i < sec_len + 4; i++) {
+            simple = t[i] >= '0' && t[i] <= '9';
+            frac = frac * 10 + (t[i] - '0');
+        }
+    }
+    if (simple && p->time_cache_ok && memcmp(t, p->time_cache, sec_len) == 0) {
+        *ms = p->time_cache_base + frac;
+        return 0;
+    }
+    if (len >= sizeof(buf) || memchr(t, '\0', len))
+        return -EINVAL;
+    memcpy(buf, t, len);
+    buf[len] = '\0';
+    int rc = time_parse_rfc3339(buf, ms);
+    if (rc == 0 && simple) {
+        memcpy(p->time_cache, t, sec_len);
+        p->time_cache_base = *ms - frac;
+        p->time_cache_ok = true;
+    }
+    return rc;
+}
 
-    if (!id) {
-        *error = "robot id (subject or key) missing or longer than 128 bytes";
-        return -EINVAL;
-    }
-    if (!t || time_parse_rfc3339(t, &re.occurred_ms) != 0) {
-        *error = "time (occurred_at) missing or not RFC 3339";
-        return -EINVAL;
-    }
-    if (ev->id)
-        re.id_hash = state_hash(ev->id, strlen(ev->id));
-    if (re.kind == EVENT_STATUS) {
-        const cJSON *inner = cJSON_GetObjectItemCaseSensitive(data, "data");
-        re.vendor_status = json_get_str(inner, "status");
-    }
-    metric_series_add(p->s_events[re.kind], 1);
-    if (re.kind == EVENT_OTHER || re.kind == EVENT_COMMAND_ACK || re.kind == EVENT_COMMAND_RESULT)
+/* Applies one robot event (already read) to its robot. 0 or negative (abort). */
+static int apply_event(struct processor *p, const struct kafka_msg *m, const char *id, size_t len,
+                       const struct robot_event *re, const char *parent, int64_t now)
+{
+    metric_series_add(p->s_events[re->kind], 1);
+    if (re->kind == EVENT_OTHER || re->kind == EVENT_COMMAND_ACK ||
+        re->kind == EVENT_COMMAND_RESULT)
         return 0; /* nothing of the robot's state depends on them */
 
     struct robot *r = robot_table_get(p->table, id, len);
     if (r && !(r->flags & ROBOT_F_DELETED)) {
-        enum rules_check c = rules_check_event(r, &re, &p->set.rules);
+        enum rules_check c = rules_check_event(r, re, &p->set.rules);
         if (c == RULES_DUPLICATE) {
             metric_add(p->m_dupes, 1);
             return 0;
@@ -803,7 +1210,7 @@ static int handle_event(struct processor *p, const struct kafka_msg *m, const cJ
     r = robot_for(p, id, len, kafka_msg_partition(m));
     struct derived before = derive(p, r, now);
     struct rules_request req = {0};
-    rules_apply_event(r, &re, &p->set.rules, now, &req);
+    rules_apply_event(r, re, &p->set.rules, now, &req);
     r->last_offset = kafka_msg_offset(m);
     changed(p, r, before, now);
     arm(p, r);
@@ -814,6 +1221,52 @@ static int handle_event(struct processor *p, const struct kafka_msg *m, const cJ
     if (req.reason != REASON_NONE)
         return produce_request(p, r, &req, parent);
     return 0;
+}
+
+/*
+ * The fast path for heartbeats, most of the input: read without a cJSON tree.
+ * True when it handled the message (*rc says how); false sends it down the
+ * full path, which also finds and names anything wrong with it.
+ */
+static bool heartbeat_fast(struct processor *p, const struct kafka_msg *m, const char *value,
+                           size_t len, const char *parent, int64_t now, int *rc)
+{
+    struct evscan_envelope env;
+    struct robot_event re = {.kind = EVENT_HEARTBEAT};
+    if (!evscan_envelope(value, len, &env) || !evscan_is(&env.type, "robot.heartbeat") ||
+        !env.subject.s || env.subject.len > ROBOT_ID_MAX || !env.time.s ||
+        event_time(p, env.time.s, env.time.len, &re.occurred_ms) != 0)
+        return false;
+    re.id_hash = state_hash(env.id.s, env.id.len);
+    *rc = apply_event(p, m, env.subject.s, env.subject.len, &re, parent, now);
+    return true;
+}
+
+static int handle_event(struct processor *p, const struct kafka_msg *m, const cJSON *root,
+                        const struct cloudevent *ev, const char *parent, const char **error)
+{
+    size_t len;
+    const char *id = robot_id_of(ev, m, &len);
+    int64_t now = time_now_ms();
+    struct robot_event re = {.kind = rules_event_kind(ev->type)};
+    const cJSON *data = cJSON_GetObjectItemCaseSensitive(root, "data");
+    const char *t = ev->time ? ev->time : json_get_str(data, "occurred_at");
+
+    if (!id) {
+        *error = "robot id (subject or key) missing or longer than 128 bytes";
+        return -EINVAL;
+    }
+    if (!t || event_time(p, t, strlen(t), &re.occurred_ms) != 0) {
+        *error = "time (occurred_at) missing or not RFC 3339";
+        return -EINVAL;
+    }
+    if (ev->id)
+        re.id_hash = state_hash(ev->id, strlen(ev->id));
+    if (re.kind == EVENT_STATUS) {
+        const cJSON *inner = cJSON_GetObjectItemCaseSensitive(data, "data");
+        re.vendor_status = json_get_str(inner, "status");
+    }
+    return apply_event(p, m, id, len, &re, parent, now);
 }
 
 static int handle_status(struct processor *p, const struct kafka_msg *m, const cJSON *root,
@@ -937,6 +1390,16 @@ static void handle_message(struct processor *p, struct kafka_msg *m)
         ps->next = kafka_msg_offset(m) + 1; /* tombstones of compacted inputs */
         return;
     }
+    if (t == T_EVENTS &&
+        heartbeat_fast(p, m, value, len, parent[0] ? parent : NULL, time_now_ms(), &rc)) {
+        if (rc && p->txn_open) {
+            abort_cycle(p);
+            return;
+        }
+        ps->next = kafka_msg_offset(m) + 1;
+        p->cycle_events++;
+        return;
+    }
     cJSON *root = ce_parse(value, len, &ev, err, sizeof(err));
     if (!root) {
         error = err[0] ? err : "not a CloudEvent";
@@ -961,18 +1424,134 @@ static void handle_message(struct processor *p, struct kafka_msg *m)
     p->cycle_events++;
 }
 
+static void restart_clock(void *ud, struct robot *r)
+{
+    struct processor *p = ud;
+    r->grace_ms = time_now_ms() + p->set.rules.offline_after_ms;
+    int64_t due = rules_next_deadline(r, &p->set.rules);
+    if (due)
+        deadline_heap_set(p->heap, r, due);
+    else
+        deadline_heap_remove(p->heap, r);
+}
+
+/* The consumer reported an error, or the producer is replaced: the broker may be away. */
+static void fetch_lost(struct processor *p)
+{
+    p->fetch_ok = false;
+    p->await_flow = true;
+    p->pings_ok = 0;
+}
+
+/*
+ * A sign that the consumer fetches again after fetch_lost: no heartbeat could
+ * arrive meanwhile, so every robot's offline clock restarts, as after a
+ * restore; and once more at the first event read after that (event_flows),
+ * for the producers upstream may take longer to reconnect than we did.
+ */
+static void fetch_back(struct processor *p)
+{
+    if (p->fetch_ok)
+        return;
+    p->fetch_ok = true;
+    p->pings_ok = 0;
+    robot_table_foreach(p->table, restart_clock, p);
+}
+
+static void event_flows(struct processor *p)
+{
+    fetch_back(p);
+    if (!p->await_flow)
+        return;
+    p->await_flow = false;
+    robot_table_foreach(p->table, restart_clock, p);
+}
+
+/* A partition's end as the consumer saw it (enable.partition.eof). */
+static void note_eof(struct processor *p, const struct kafka_msg *m)
+{
+    int t = topic_index(kafka_msg_topic(m));
+    struct position *ps = t >= 0 ? position_of(p, t, kafka_msg_partition(m)) : NULL;
+    fetch_back(p);
+    if (ps && ps->assigned)
+        ps->eof = kafka_msg_offset(m);
+}
+
+/*
+ * Whether the robots' heartbeats of an events partition are all read: where
+ * the consumer is (the next offset to process, or the partition end it saw
+ * since reading (re)started; unknown after an assignment until either) is
+ * within CATCHUP_SLACK of the high watermark the consumer last fetched.
+ */
+static bool caught_up(struct processor *p, int32_t partition)
+{
+    if (partition < 0 || (size_t)partition >= p->npos)
+        return false;
+    if ((size_t)partition >= p->catchup_cap) {
+        size_t n = p->npos;
+        p->catchup = xrealloc(p->catchup, n);
+        memset(p->catchup + p->catchup_cap, 0, n - p->catchup_cap);
+        p->catchup_cap = n;
+    }
+    int8_t *c = &p->catchup[partition];
+    if (*c == 0) {
+        const struct position *ps = &p->pos[T_EVENTS][partition];
+        int64_t high = -1, at = ps->next > ps->eof ? ps->next : ps->eof;
+        bool ok =
+            p->fetch_ok && ps->assigned && at >= 0 &&
+            kafka_consumer_high_watermark(p->consumer, TOPIC_ROBOT_EVENTS, partition, &high) == 0 &&
+            high >= 0 && at + CATCHUP_SLACK >= high;
+        *c = ok ? 1 : 2;
+    }
+    return *c == 1;
+}
+
+/*
+ * Each robot has one heap entry, at the earlier of its two deadlines: the
+ * offline deadline (silence) and the end of its reboot grace. Neither fires
+ * before the robot's partition has caught up (see the top of the file).
+ */
 static void fire_timers(struct processor *p)
 {
     int64_t now = time_now_ms();
+    const struct rules_settings *s = &p->set.rules;
     struct robot *r;
+    bool checked = false;
     while ((r = deadline_heap_top(p->heap)) && r->heap_key <= now && !atomic_load(&p->stop)) {
-        int64_t due = rules_offline_deadline(r, &p->set.rules);
+        int64_t due = rules_next_deadline(r, s);
         if (due == 0) {
             deadline_heap_remove(p->heap, r);
             continue;
         }
         if (due > now) {
             deadline_heap_set(p->heap, r, due);
+            continue;
+        }
+        if (!checked) {
+            /* once per call: what the consumer knows does not change meanwhile */
+            if (p->catchup_cap)
+                memset(p->catchup, 0, p->catchup_cap);
+            int64_t mono = time_mono_ms();
+            if (p->fetch_ok && mono - p->last_read_ms >= QUIET_MS && mono >= p->next_ping_ms) {
+                /* nothing read for a while (librdkafka keeps its errors to the log): is the
+                 * broker still there? */
+                p->next_ping_ms = mono + PING_MS;
+                if (!kafka_producer_ping(p->producer, 500)) {
+                    LOG_WARN("the broker does not answer: offline verdicts wait for it");
+                    fetch_lost(p);
+                }
+            } else if (!p->fetch_ok && mono >= p->next_ping_ms) {
+                /* two answers PING_MS apart: the consumer had time to fetch meanwhile */
+                p->next_ping_ms = mono + PING_MS;
+                p->pings_ok = kafka_producer_ping(p->producer, 500) ? p->pings_ok + 1 : 0;
+                if (p->pings_ok >= 2)
+                    fetch_back(p);
+            }
+            checked = true;
+        }
+        if (!caught_up(p, r->partition)) {
+            metric_add(p->m_deferred, 1);
+            deadline_heap_set(p->heap, r, now + DEFER_MS);
             continue;
         }
         if (txn_ensure(p) != 0)
@@ -982,12 +1561,25 @@ static void fire_timers(struct processor *p)
         struct rules_request req = {0};
         deadline_heap_remove(p->heap, r);
         metric_add(p->m_timers, 1);
-        if (!rules_fire_offline(r, &p->set.rules, now, &req)) {
-            /* rebooting: look again when the grace period is over */
-            deadline_heap_set(p->heap, r, now + p->set.rules.offline_after_ms);
-            continue;
+        bool expired = rules_expire_grace(r, s, now, &req);
+        int64_t off = rules_offline_deadline(r, s);
+        bool silent = off != 0 && off <= now;
+        bool fired = silent && rules_fire_offline(r, s, now, &req);
+        if (expired || fired) {
+            changed(p, r, before, now);
+            if (expired)
+                r->flags |= ROBOT_F_EMIT; /* reboot_in_progress ended, whatever the status */
         }
-        changed(p, r, before, now);
+        int64_t next = rules_next_deadline(r, s);
+        if (silent && !fired) {
+            /* silent while a command is in progress: look again later */
+            int64_t grace = rules_grace_deadline(r, s);
+            next = now + s->offline_after_ms;
+            if (grace > now && grace < next)
+                next = grace;
+        }
+        if (next)
+            deadline_heap_set(p->heap, r, next);
         if (req.suppressed) {
             const char *labels[] = {request_reason_name(req.suppressed_reason), req.suppressed};
             metric_series_add(metric_series(p->m_suppressed, labels), 1);
@@ -1016,7 +1608,7 @@ static void after_restore(void *ud, struct robot *r)
         return;
     /* Nobody watched while the partition was away: the offline clock restarts. */
     r->grace_ms = c->now + c->p->set.rules.offline_after_ms;
-    int64_t due = rules_offline_deadline(r, &c->p->set.rules);
+    int64_t due = rules_next_deadline(r, &c->p->set.rules);
     if (due)
         deadline_heap_set(c->p->heap, r, due);
     r->mirrored_ms = c->now;
@@ -1109,7 +1701,7 @@ static int restore(struct processor *p, const struct kafka_partition *parts, siz
         metric_add(p->m_restored, (double)ctx.count);
         LOG_INFO("restored %zu robots of %zu partitions from %zu changelog records", ctx.count, n,
                  records);
-        mirror_flush(p);
+        mirror_submit(p);
     }
     free(done);
     free(mine);
@@ -1190,7 +1782,7 @@ static void on_rebalance(void *ud, bool assigned, bool lost, const struct kafka_
         }
         for (size_t i = 0; i < nparts; i++)
             for (int t = 0; t < NTOPICS; t++)
-                *position_of(p, t, parts[i].partition) = (struct position){true, -1, -1};
+                *position_of(p, t, parts[i].partition) = (struct position){true, -1, -1, -1};
         if (kafka_consumer_assign(p->consumer, comp, stored, ncomp) != 0)
             LOG_ERROR("cannot assign the command-status and registry partitions");
     } else {
@@ -1204,7 +1796,7 @@ static void on_rebalance(void *ud, bool assigned, bool lost, const struct kafka_
         drop_partitions(p, parts, nparts);
         for (size_t i = 0; i < nparts; i++)
             for (int t = 0; t < NTOPICS; t++)
-                *position_of(p, t, parts[i].partition) = (struct position){false, -1, -1};
+                *position_of(p, t, parts[i].partition) = (struct position){false, -1, -1, -1};
         kafka_consumer_unassign(p->consumer, comp, ncomp);
     }
     pthread_mutex_unlock(&p->mu);
@@ -1222,7 +1814,8 @@ static void refresh_settings(struct processor *p)
     pthread_mutex_lock(&p->settings_mu);
     struct settings next = p->pending;
     pthread_mutex_unlock(&p->settings_mu);
-    bool retime = next.rules.offline_after_ms != p->set.rules.offline_after_ms;
+    bool retime = next.rules.offline_after_ms != p->set.rules.offline_after_ms ||
+                  next.rules.reboot_grace_ms != p->set.rules.reboot_grace_ms;
     pthread_mutex_lock(&p->mu);
     p->set = next;
     p->seen_gen = gen;
@@ -1286,27 +1879,47 @@ static void update_gauges(struct processor *p)
     pthread_mutex_unlock(&p->mu);
 }
 
-/*
- * Creates the transactional producer (init_transactions needs the broker) and
- * the consumer, and subscribes. 0, or negative with errbuf saying why.
- */
-static int connect_kafka(struct processor *p, char *errbuf, size_t errsize)
+/* The transactional producer (init_transactions needs the broker); NULL with errbuf filled. */
+static struct kafka_producer *new_producer(struct processor *p, char *errbuf, size_t errsize)
 {
     struct kafka_prop props[80];
     size_t np = 0;
     props[np++] = (struct kafka_prop){"client.id", p->client_id};
     props[np++] = (struct kafka_prop){"transaction.timeout.ms", "10000"};
     props[np++] = (struct kafka_prop){"linger.ms", "5"};
+    /* the changelog and state records are JSON envelopes that compress several times */
+    props[np++] = (struct kafka_prop){"compression.type", "lz4"};
     for (size_t i = 0; i < p->nprops && np < 80; i++)
-        props[np++] = p->props[i];
+        if (strcmp(p->props[i].name, "session.timeout.ms") != 0 &&
+            strcmp(p->props[i].name, "heartbeat.interval.ms") != 0)
+            props[np++] = p->props[i]; /* consumer-only: CONFWARN on a producer */
+    return kafka_producer_new(p->bootstrap, props, np, p->txn_id, NULL, errbuf, errsize);
+}
+
+/*
+ * Creates the transactional producer and the consumer, and subscribes. 0, or
+ * negative with errbuf saying why.
+ */
+static int connect_kafka(struct processor *p, char *errbuf, size_t errsize)
+{
+    struct kafka_prop props[80];
+    size_t np = 0;
     if (!p->producer) {
-        p->producer = kafka_producer_new(p->bootstrap, props, np, p->txn_id, NULL, errbuf, errsize);
+        p->producer = new_producer(p, errbuf, errsize);
         if (!p->producer)
             return -EAGAIN;
     }
-    np = 1;
-    for (size_t i = 0; i < p->nprops && np < 80; i++)
+    props[np++] = (struct kafka_prop){"client.id", p->client_id};
+    /* librdkafka's 45 s would leave a dead instance's partitions unread that long */
+    props[np++] = (struct kafka_prop){"session.timeout.ms", "6000"};
+    /* librdkafka prefetches up to 64 MiB by default; 8 MiB keeps the process within its
+     * memory budget. More is faster under backlog (librdkafka 2.0 stops fetching for 1 s
+     * when the queue fills during a commit): raise it in kafka.properties if memory allows. */
+    props[np++] = (struct kafka_prop){"queued.max.messages.kbytes", "8192"};
+    for (size_t i = 0; i < p->nprops && np < 79; i++)
         props[np++] = p->props[i];
+    /* partition ends tell when a partition has caught up (offline verdicts wait for it) */
+    props[np++] = (struct kafka_prop){"enable.partition.eof", "true"};
     p->consumer = kafka_consumer_new(p->bootstrap, p->group, props, np, errbuf, errsize);
     if (!p->consumer)
         return -EINVAL;
@@ -1319,6 +1932,46 @@ static int connect_kafka(struct processor *p, char *errbuf, size_t errsize)
         p->consumer = NULL;
     }
     return rc;
+}
+
+/*
+ * Replaces a producer that hit a fatal error other than a fence: the state of
+ * the open transaction is rolled back and every partition rewound to its
+ * committed offset, then a producer with the same transactional id takes over
+ * (its init_transactions bumps the epoch and aborts what the old one left
+ * open), with backoff while the broker is away. 0, or -ECANCELED when the
+ * service stops first.
+ */
+static int recover_producer(struct processor *p)
+{
+    int64_t backoff_ms = 500;
+    pthread_mutex_lock(&p->mu);
+    rollback(p, true);
+    p->txn_open = false;
+    struct kafka_producer *old = p->producer;
+    p->producer = NULL;
+    pthread_mutex_unlock(&p->mu);
+    kafka_producer_free(old, 0);
+    for (;;) {
+        char err[256] = "";
+        struct kafka_producer *np = new_producer(p, err, sizeof(err));
+        if (np) {
+            pthread_mutex_lock(&p->mu);
+            p->producer = np;
+            p->broken = false;
+            fetch_lost(p); /* verdicts wait for a sign of the broker */
+            pthread_mutex_unlock(&p->mu);
+            LOG_INFO("producer replaced: processing resumes from the committed offsets");
+            return 0;
+        }
+        LOG_WARN("cannot replace the producer yet, retrying in %lld ms: %s", (long long)backoff_ms,
+                 err);
+        for (int64_t t = 0; t < backoff_ms && !atomic_load(&p->stop); t += 100)
+            time_sleep_ms(100);
+        if (atomic_load(&p->stop))
+            return -ECANCELED;
+        backoff_ms = backoff_ms < 8000 ? backoff_ms * 2 : 8000;
+    }
 }
 
 static void *run(void *arg)
@@ -1349,10 +2002,20 @@ static void *run(void *arg)
         struct kafka_msg *m = kafka_consumer_poll(p->consumer, wait);
         pthread_mutex_lock(&p->mu);
         if (m) {
-            if (kafka_msg_error(m) && !kafka_msg_is_eof(m))
+            if (kafka_msg_is_eof(m) || !kafka_msg_error(m))
+                p->last_read_ms = time_mono_ms();
+            if (kafka_msg_is_eof(m)) {
+                note_eof(p, m);
+            } else if (kafka_msg_error(m)) {
                 LOG_WARN("kafka consumer error: %s", kafka_msg_errstr(m));
-            else if (!kafka_msg_is_eof(m))
+                fetch_lost(p); /* the broker may be gone: no verdicts until it answers */
+            } else {
+                if (topic_index(kafka_msg_topic(m)) == T_EVENTS)
+                    event_flows(p);
+                else
+                    fetch_back(p);
                 handle_message(p, m);
+            }
             kafka_msg_free(m);
         }
         fire_timers(p);
@@ -1360,6 +2023,8 @@ static void *run(void *arg)
                             time_mono_ms() - p->cycle_start_ms >= p->set.cycle_ms))
             commit_cycle(p);
         pthread_mutex_unlock(&p->mu);
+        if (p->broken && !atomic_load(&p->stop) && recover_producer(p) != 0)
+            break;
         if (time_mono_ms() >= p->next_gauges_ms) {
             update_gauges(p);
             p->next_gauges_ms = time_mono_ms() + 1000;
@@ -1470,6 +2135,9 @@ static void register_metrics(struct processor *p, struct metrics *m)
                                     "Robots rebuilt from the changelog", 0, NULL);
     p->m_mirror_errors = metrics_counter(m, "stream_mirror_errors_total",
                                          "Redis mirror updates that failed", 0, NULL);
+    p->m_deferred = metrics_counter(
+        m, "stream_timers_deferred_total",
+        "Heartbeat deadlines put off because the robot's partition had not caught up", 0, NULL);
 }
 
 struct processor *processor_new(struct service *svc, char *errbuf, size_t errsize)
@@ -1481,13 +2149,21 @@ struct processor *processor_new(struct service *svc, char *errbuf, size_t errsiz
     p->svc = svc;
     pthread_mutex_init(&p->mu, NULL);
     pthread_mutex_init(&p->settings_mu, NULL);
+    pthread_mutex_init(&p->mq_mu, NULL);
+    pthread_cond_init(&p->mq_ready, NULL);
+    pthread_cond_init(&p->mq_drained, NULL);
     settings_read(c, &p->set);
     p->pending = p->set;
     p->table = robot_table_new();
     p->heap = deadline_heap_new();
+    time_cache_init(&p->tc);
     position_of(p, 0, 0);
     str_copy(p->bootstrap, cfg_get_str(c, "kafka.bootstrap_servers"), sizeof(p->bootstrap));
     str_copy(p->group, cfg_get_str(c, "stream.group_id"), sizeof(p->group));
+    struct buf gj;
+    buf_init(&gj, sizeof(p->group) * 6 + 1);
+    buf_append_json_str(&gj, p->group);
+    p->group_json = buf_detach(&gj, NULL);
     p->restore_timeout_ms = cfg_get_int(c, "stream.restore_timeout_s") * 1000;
     p->nprops = service_kafka_props(svc, &p->props);
     register_metrics(p, service_metrics(svc));
@@ -1523,9 +2199,14 @@ out_free:
 
 int processor_start(struct processor *p)
 {
-    int rc = pthread_create(&p->thread, NULL, run, p);
+    int rc = mirror_start(p);
     if (rc)
+        return rc;
+    rc = pthread_create(&p->thread, NULL, run, p);
+    if (rc) {
+        mirror_stop(p);
         return -rc;
+    }
     p->started = true;
     return 0;
 }
@@ -1550,6 +2231,7 @@ void processor_stop(void *ud)
     atomic_store(&p->stop, true);
     pthread_join(p->thread, NULL);
     p->started = false;
+    mirror_stop(p); /* after the last commit: its items reach Redis */
 }
 
 bool processor_failed(const struct processor *p)
@@ -1571,7 +2253,13 @@ void processor_free(struct processor *p)
         free(p->pos[t]);
     free(p->undo);
     free(p->dirty);
+    free(p->catchup);
     free(p->mirror);
+    free(p->mq);
+    free(p->group_json);
+    pthread_cond_destroy(&p->mq_ready);
+    pthread_cond_destroy(&p->mq_drained);
+    pthread_mutex_destroy(&p->mq_mu);
     pthread_mutex_destroy(&p->mu);
     pthread_mutex_destroy(&p->settings_mu);
     free(p);

@@ -5,8 +5,9 @@
  * state (state.h), and every cycle (stream.cycle_ms or stream.cycle_max_events)
  * commits one Kafka transaction holding the reboot requests, the state
  * messages, the changelog records, the dead letters and the input offsets.
- * After a commit the Redis mirror state:robot:{id} is updated (guarded by the
- * robot's state version). Also serves GET /v1/state/{robot_id}.
+ * After a commit the Redis mirror state:robot:{id} is updated by a thread of
+ * its own (guarded by the robot's state version). Also serves
+ * GET /v1/state/{robot_id}.
  */
 #ifndef SP_PROCESSOR_H
 #define SP_PROCESSOR_H
@@ -32,7 +33,8 @@ int processor_start(struct processor *p);
 /*
  * Applies the reloadable stream.* keys of new_cfg (a config_reload_fn: call it
  * from the config client's reload hook). The processing thread picks them up at
- * its next cycle; a changed offline_after_s re-times every armed deadline.
+ * its next cycle; a changed offline_after_s or reboot_grace_s re-times every
+ * armed deadline.
  */
 void processor_reload(void *ud, const struct cfg *old_cfg, const struct cfg *new_cfg);
 /* Commits the open cycle, leaves the group and joins the thread (service_on_shutdown). */

@@ -7,6 +7,7 @@
  *   booted                             -> online, reboot over
  *   command dispatched/acknowledged    -> rebooting; failed/timed_out/... -> unknown
  *   silence for offline_after          -> offline
+ *   reboot_grace over, still rebooting -> unknown if heard within offline_after, else offline
  */
 #include "rules.h"
 
@@ -250,5 +251,36 @@ bool rules_fire_offline(struct robot *r, const struct rules_settings *s, int64_t
         return false; /* silence is expected while it reboots */
     r->status = ROBOT_OFFLINE;
     request(r, REASON_OFFLINE, true, r->last_alive_ms, s, now, req);
+    return true;
+}
+
+int64_t rules_grace_deadline(const struct robot *r, const struct rules_settings *s)
+{
+    if (r->reboot_since_ms <= 0 || r->command_active)
+        return 0; /* a command's terminal status ends what it took over */
+    return r->reboot_since_ms + s->reboot_grace_ms;
+}
+
+int64_t rules_next_deadline(const struct robot *r, const struct rules_settings *s)
+{
+    int64_t off = rules_offline_deadline(r, s), grace = rules_grace_deadline(r, s);
+    if (off == 0 || (grace != 0 && grace < off))
+        return grace;
+    return off;
+}
+
+bool rules_expire_grace(struct robot *r, const struct rules_settings *s, int64_t now,
+                        struct rules_request *req)
+{
+    int64_t due = rules_grace_deadline(r, s);
+    if (due == 0 || now < due)
+        return false;
+    r->reboot_since_ms = 0;
+    if (r->status == ROBOT_REBOOTING) {
+        if (r->last_seen_ms > 0 && now - r->last_seen_ms < s->offline_after_ms)
+            r->status = ROBOT_UNKNOWN; /* alive() decides at the next sign of life */
+        else
+            rules_fire_offline(r, s, now, req);
+    }
     return true;
 }

@@ -10,6 +10,10 @@
  *               behind the robot's newest event are ignored)
  *   in progress a non-terminal command status, or within reboot_grace_ms of a
  *               request: no new automatic request
+ *   grace over  reboot_grace_ms after a request that no command status took
+ *               over and no booted event ended: the reboot is over; a robot
+ *               still "rebooting" becomes unknown if it was heard within
+ *               offline_after_ms, else offline (with an offline request)
  */
 #ifndef SP_RULES_H
 #define SP_RULES_H
@@ -74,6 +78,17 @@ void rules_apply_policy(struct robot *r, bool auto_reboot, bool soft, bool hard)
 int64_t rules_offline_deadline(const struct robot *r, const struct rules_settings *s);
 /* The deadline passed: status offline and perhaps a request. False when nothing changed. */
 bool rules_fire_offline(struct robot *r, const struct rules_settings *s, int64_t now,
+                        struct rules_request *req);
+/* When the reboot grace of r runs out (wall clock), 0 if no grace is running. */
+int64_t rules_grace_deadline(const struct robot *r, const struct rules_settings *s);
+/* The earliest of the offline and grace deadlines, 0 if neither applies. */
+int64_t rules_next_deadline(const struct robot *r, const struct rules_settings *s);
+/*
+ * The grace deadline passed: ends the reboot and settles a "rebooting" status;
+ * fills req when the robot, silent, becomes offline and may be rebooted again.
+ * False when no grace had run out.
+ */
+bool rules_expire_grace(struct robot *r, const struct rules_settings *s, int64_t now,
                         struct rules_request *req);
 bool rules_in_progress(const struct robot *r, const struct rules_settings *s, int64_t now);
 int rules_faults_in_window(const struct robot *r, const struct rules_settings *s);

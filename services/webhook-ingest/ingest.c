@@ -20,12 +20,12 @@
 #include <string.h>
 #include <strings.h>
 #include <time.h>
-#include <unistd.h>
 
 #include "buf.h"
 #include "cloudevents.h"
 #include "crypto.h"
 #include "events.h"
+#include "follower.h"
 #include "health.h"
 #include "http_server.h"
 #include "json.h"
@@ -128,7 +128,6 @@ struct ingest {
     struct keyring *keyring;
     struct source_cache *sources;
     struct redis_options dedupe_opts;
-    char redis_url[512];
 
     /* settings */
     atomic_llong tolerance_s;
@@ -166,11 +165,8 @@ struct ingest {
     pthread_t fin_thread;
 
     /* registry watcher: invalidates cached sources on robot.registry.v1 */
-    struct kafka_consumer *watch;
-    atomic_bool watch_stop;
+    struct follower *watch;
     atomic_bool watch_assigned; /* partitions assigned at least once: changes are followed */
-    bool watch_started;
-    pthread_t watch_thread;
 
     atomic_long inflight;
 
@@ -381,60 +377,29 @@ static bool check_sources_followed(void *ud)
     return atomic_load(&in->watch_assigned);
 }
 
-static void *watch_main(void *arg)
+static void on_source_event(void *ud, const struct cloudevent *ev)
 {
-    struct ingest *in = arg;
-    while (!atomic_load(&in->watch_stop)) {
-        struct kafka_msg *m = kafka_consumer_poll(in->watch, 200);
-        if (!m)
-            continue;
-        size_t len = 0;
-        const char *value = kafka_msg_error(m) ? NULL : kafka_msg_value(m, &len);
-        struct cloudevent ev;
-        cJSON *root = value ? ce_parse(value, len, &ev, NULL, 0) : NULL;
-        if (root && str_has_prefix(ev.type, "source.") && ev.subject) {
-            LOG_INFO("source '%s' changed (%s), reloading it", ev.subject, ev.type);
-            source_cache_invalidate(in->sources, ev.subject);
-        }
-        cJSON_Delete(root);
-        kafka_msg_free(m);
+    struct ingest *in = ud;
+    if (str_has_prefix(ev->type, "source.") && ev->subject) {
+        LOG_INFO("source '%s' changed (%s), reloading it", ev->subject, ev->type);
+        source_cache_invalidate(in->sources, ev->subject);
     }
-    return NULL;
 }
 
+/* Every replica must see every change: a follower (a group of its own, from the end). */
 static int start_watch(struct ingest *in, char *errbuf, size_t errsize)
 {
-    const struct cfg *c = service_cfg(in->svc);
-    const struct kafka_prop *base;
-    size_t nbase = service_kafka_props(in->svc, &base);
-    struct kafka_prop props[72];
-    char host[64] = "host", group[160];
-    size_t n = 0;
-    uint8_t rnd[4] = {0};
-    gethostname(host, sizeof(host) - 1);
-    crypto_random_bytes(rnd, sizeof(rnd));
-    /* Every replica must see every change: a group of its own, starting at the end. */
-    snprintf(group, sizeof(group), "webhook-ingest-sources-%s-%ld-%02x%02x%02x%02x", host,
-             (long)getpid(), rnd[0], rnd[1], rnd[2], rnd[3]);
-    props[n++] = (struct kafka_prop){"auto.offset.reset", "latest"};
-    for (size_t i = 0; i < nbase && n < 72; i++)
-        props[n++] = base[i];
-    in->watch = kafka_consumer_new(cfg_get_str(c, "kafka.bootstrap_servers"), group, props, n,
-                                   errbuf, errsize);
-    if (!in->watch)
-        return -EINVAL;
-    kafka_consumer_on_rebalance(in->watch, on_watch_rebalance, in);
-    const char *topics[] = {TOPIC_ROBOT_REGISTRY};
-    int rc = kafka_consumer_subscribe(in->watch, topics, 1);
-    if (rc) {
-        snprintf(errbuf, errsize, "cannot subscribe to %s", TOPIC_ROBOT_REGISTRY);
-        return rc;
-    }
-    rc = pthread_create(&in->watch_thread, NULL, watch_main, in);
-    if (rc)
-        return -rc;
-    in->watch_started = true;
-    return 0;
+    struct follower_options o = {
+        .bootstrap = cfg_get_str(service_cfg(in->svc), "kafka.bootstrap_servers"),
+        .group_prefix = "webhook-ingest-sources",
+        .topic = TOPIC_ROBOT_REGISTRY,
+        .on_event = on_source_event,
+        .on_rebalance = on_watch_rebalance,
+        .ud = in,
+    };
+    o.nprops = service_kafka_props(in->svc, &o.props);
+    in->watch = follower_start(&o, errbuf, errsize);
+    return in->watch ? 0 : -EINVAL;
 }
 
 /* ---- the request ---- */
@@ -963,13 +928,11 @@ struct ingest *ingest_new(struct service *svc, char *errbuf, size_t errsize)
     in->keyring = keyring_from_env("SECRETS_KEY", errbuf, errsize);
     if (!in->keyring)
         goto out_free;
-    str_copy(in->redis_url, cfg_get_str(c, "redis.url"), sizeof(in->redis_url));
-    in->dedupe_opts = (struct redis_options){
-        .url = in->redis_url,
-        .connect_timeout_ms = (int)cfg_get_int(c, "ingest.dedupe_timeout_ms"),
-        .command_timeout_ms = (int)cfg_get_int(c, "ingest.dedupe_timeout_ms"),
-        .backoff_max_ms = 2000,
-    };
+    /* The shared client's URL, with the tighter timeouts of the dedupe path. */
+    in->dedupe_opts = *service_redis_options(svc);
+    in->dedupe_opts.connect_timeout_ms = (int)cfg_get_int(c, "ingest.dedupe_timeout_ms");
+    in->dedupe_opts.command_timeout_ms = in->dedupe_opts.connect_timeout_ms;
+    in->dedupe_opts.backoff_max_ms = 2000;
     in->shared_redis = service_redis(svc);
     in->claim_redis = redis_new(&in->dedupe_opts, errbuf, errsize);
     if (!in->claim_redis)
@@ -1041,11 +1004,7 @@ void ingest_tick(void *ud)
 void ingest_stop(void *ud)
 {
     struct ingest *in = ud;
-    if (in->watch_started) {
-        atomic_store(&in->watch_stop, true);
-        pthread_join(in->watch_thread, NULL);
-        in->watch_started = false;
-    }
+    follower_stop(in->watch);
     if (in->claim_started) {
         /* HTTP has drained, so nothing is queued; the flag ends the wait. */
         pthread_mutex_lock(&in->claim_lock);
@@ -1069,7 +1028,7 @@ void ingest_free(struct ingest *in)
 {
     if (!in)
         return;
-    kafka_consumer_free(in->watch);
+    follower_free(in->watch);
     redis_free(in->claim_redis);
     while (in->fin_head) {
         struct finalize_op *next = in->fin_head->next;

@@ -70,10 +70,16 @@ def fill(workdir):
     os.unlink(path)
 
 
+# The processor's consumer settings (kafka_consumer_new's defaults and the
+# benchmark configuration below): the ceiling reads the same topic the same way.
+FETCH = {"isolation.level": "read_committed", "queued.max.messages.kbytes": "8192"}
+
+
 def raw_rate():
     t0 = time.monotonic()
+    props = [a for k, v in FETCH.items() for a in ("-X", f"{k}={v}")]
     out = subprocess.run(["kcat", "-C", "-b", BS, "-t", TOPIC, "-o", "beginning", "-e", "-q",
-                          "-f", "%o\n"], check=True, capture_output=True).stdout
+                          *props, "-f", "%o\n"], check=True, capture_output=True).stdout
     dt = time.monotonic() - t0
     n = out.count(b"\n")
     return n, n / dt
@@ -113,7 +119,8 @@ def main():
 
     cfg = os.path.join(workdir, "sp-bench.yaml")
     with open(cfg, "w") as f:
-        f.write("log:\n  level: warn\nkafka:\n  properties:\n    queued.max.messages.kbytes: 16384\n"
+        f.write("log:\n  level: warn\nkafka:\n  properties:\n"
+                f"    queued.max.messages.kbytes: {FETCH['queued.max.messages.kbytes']}\n"
                 "stream:\n  offline_after_s: 3600\n  cycle_ms: 100\n  cycle_max_events: 10000\n"
                 "  mirror_heartbeat_s: 10\n")
     port = int(os.environ["SP_PORT"])

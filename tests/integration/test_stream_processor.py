@@ -4,6 +4,7 @@ under kill -9, and a rebalance between two instances."""
 
 import hashlib
 import json
+import os
 import random
 import signal
 import threading
@@ -12,6 +13,7 @@ import uuid
 
 import pytest
 import redis
+from confluent_kafka import Producer
 
 from conftest import wait_for
 from sp_helpers import (DLQ, STATE, T0, Feed, commands_for, kill_started, metric, ms, read_topic,
@@ -80,7 +82,8 @@ def test_offline_exactly_once_then_online(sp, feed, infra):
     wait_for(lambda: r.hget(f"state:robot:{robot}", "status") == "offline", 3, "mirror offline")
 
     # heartbeats resume: online again, still no second request
-    feed.event(robot, "robot.heartbeat", time.time())
+    resumed = time.time()
+    feed.event(robot, "robot.heartbeat", resumed)
     wait_for(lambda: state(sp, robot)[1]["status"] == "online", 3, "online again")
     st = state(sp, robot)[1]
     assert st["reboot_in_progress"] is True and st["last_command_id"] == c["id"]
@@ -91,7 +94,9 @@ def test_offline_exactly_once_then_online(sp, feed, infra):
     feed.command_status(robot, c["id"], "succeeded")
     wait_for(lambda: state(sp, robot)[1]["reboot_in_progress"] is False, 3, "reboot over")
     v = int(r.hget(f"state:robot:{robot}", "version"))
-    assert len(commands_for([robot])) == 1
+    # only once the reboot is over may the robot, silent again, get a new request (new trigger)
+    again = [x["id"] for x in commands_for([robot]) if x["id"] != c["id"]]
+    assert again in ([], [f"sp-{robot}-offline-{ms(resumed)}"]), again
     assert metric(sp, "stream_timers_fired_total") >= 2
     assert metric(sp, "stream_reboot_requests_total", 'reason="offline"') >= 1
     assert v >= 4
@@ -146,13 +151,20 @@ def test_poison_message_goes_to_dlq_and_processing_continues(sp, feed):
     no_time = {"specversion": "1.0", "id": "x1", "source": "/s", "type": "robot.heartbeat",
                "subject": robot, "data": {"robot_id": robot}}
     feed.raw("robot.events.v1", robot, json.dumps(no_time))
+    # heartbeats take a fast path: whatever it cannot vouch for still ends in the DLQ
+    beat = {"specversion": "1.0", "id": "x2", "source": "/s", "type": "robot.heartbeat",
+            "subject": robot, "time": "2026-11-22T10:00:00.000Z", "data": {"robot_id": robot}}
+    feed.raw("robot.events.v1", robot, json.dumps(beat)[:-1])  # truncated
+    feed.raw("robot.events.v1", robot, json.dumps(dict(beat, time="2026-13-01T00:00:00Z")))
+    feed.raw("robot.events.v1", robot, json.dumps(beat) + " {}")  # trailing data
     feed.event(robot, "robot.heartbeat", time.time())
     wait_for(lambda: state(sp, robot)[0] == 200 and state(sp, robot)[1]["status"] == "online", 5,
              "the valid event after the poison ones")
-    wait_for(lambda: len(read_topic(DLQ, {robot}, 3)) == 2, 8, "two dead letters")
+    wait_for(lambda: len(read_topic(DLQ, {robot}, 3)) == 5, 8, "five dead letters")
     dl = [m["value"] for m in read_topic(DLQ, {robot})]
     assert all(d["type"] == "robot.event.poison" and d["subject"] == robot for d in dl)
-    assert "time" in dl[1]["data"]["error"]
+    assert "time" in dl[1]["data"]["error"] and "time" in dl[3]["data"]["error"]
+    assert "json" in dl[2]["data"]["error"] and "json" in dl[4]["data"]["error"]
     assert dl[0]["data"]["payload_base64"] and dl[0]["data"]["topic"] == "robot.events.v1"
     status, body = state(sp, "nobody-" + robot)
     assert status == 404 and body["field"] == "robot_id"
@@ -181,6 +193,53 @@ def test_offline_after_changes_without_restart(exclusive, infra, tmp_path, feed)
     finally:
         r.delete("config:stream-processor:released")
         assert p.stop() == 0
+
+
+def test_reboot_grace_expiry_updates_state_and_allows_new_request(exclusive, infra, tmp_path,
+                                                                   feed):
+    """reboot_grace_s running out is a timer of its own: without any input the
+    derived state changes, robot.state.v1 says so, and the robot may be
+    rebooted automatically again."""
+    p = start_sp(tmp_path, infra, offline_after_s=2, reboot_grace_s=4)
+    p.wait_ready()
+    wait_assigned(p)
+    silent, storm = uid("gr-off"), uid("gr-reb")
+    r = redis.Redis.from_url(infra["REDIS_URL"], decode_responses=True)
+
+    def states(robot):
+        return [(m["value"]["data"]["status"], m["value"]["data"]["reboot_in_progress"])
+                for m in read_topic(STATE, {robot}, 5) if m["value"]]
+
+    def requests(robot):
+        return [(c["data"]["reason"], c["data"]["mode"], c["id"]) for c in commands_for([robot], 5)]
+
+    now = time.time()
+    feed.event(silent, "robot.heartbeat", now)
+    feed.event(storm, "robot.heartbeat", now)
+    for i in range(3):  # a fault storm: soft request, rebooting; then nothing more from it
+        feed.event(storm, "robot.fault", now + 0.1 * (i + 1))
+    # silent: offline after 2 s with a hard request, the reboot in progress
+    wait_for(lambda: ("offline", True) in states(silent), 10, "offline, reboot in progress")
+    wait_for(lambda: [x[:2] for x in requests(storm)][:1] == [("fault_storm", "soft")], 5, "storm")
+    # the storm robot's grace runs out while it is still "rebooting" and silent:
+    # offline, and the offline rule may request again now
+    wait_for(lambda: ("offline", True) in states(storm) and
+             [x[:2] for x in requests(storm)] == [("fault_storm", "soft"), ("offline", "hard")],
+             12, "rebooting -> offline with a new request after the grace")
+    # the silent robot's grace runs out: no event, yet a state message ends the reboot
+    wait_for(lambda: states(silent)[-1:] == [("offline", False)], 12, "grace over on the topic")
+    assert states(silent) == [("online", False), ("offline", True), ("offline", False)]
+    st = state(p, silent)[1]
+    assert st["status"] == "offline" and st["reboot_in_progress"] is False
+    wait_for(lambda: r.hget(f"state:robot:{silent}", "reboot_in_progress") == "0", 5, "mirror")
+    assert len(requests(silent)) == 1
+    # heard again, then silent again: a new automatic request (a new trigger)
+    feed.event(silent, "robot.heartbeat", time.time())
+    wait_for(lambda: len(requests(silent)) == 2, 10, "a second offline request")
+    first, second = requests(silent)
+    assert first[:2] == second[:2] == ("offline", "hard") and first[2] != second[2]
+    assert metric(p, "stream_timers_fired_total") >= 4
+    assert p.stop() == 0
 
 
 def script(prefix, feed, stop_evt=None):
@@ -318,4 +377,139 @@ def test_rebalance_moves_state_between_two_instances(exclusive, infra, tmp_path,
     finally:
         stop.set()
         th.join()
+    assert b.stop() == 0
+
+
+def fast_feed():
+    """A Feed whose producer reconnects quickly after a broker restart (librdkafka
+    backs off up to 10 s by default) and never blocks on a broker that is away."""
+    f = Feed()
+    f.p = Producer({"bootstrap.servers": os.environ["KAFKA_BOOTSTRAP_SERVERS"],
+                    "enable.idempotence": True, "linger.ms": 2, "reconnect.backoff.max.ms": 500})
+    return f
+
+
+def heartbeats(feed, robots, stop, period=0.4):
+    """A thread: every robot of `robots` (a set the test may change) heartbeats each period."""
+    def run():
+        while not stop.is_set():
+            for rb in list(robots):
+                feed.event(rb, "robot.heartbeat", time.time(), flush=False)
+            feed.p.poll(0)
+            time.sleep(period)
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+def requests_by_robot(robots, timeout=8):
+    out = {}
+    for c in commands_for(robots, timeout):
+        out.setdefault(c["data"]["robot_id"], []).append((c["data"]["reason"], c["data"]["command_id"]))
+    return out
+
+
+def test_broker_restart_beyond_txn_timeout_recovers_in_process(exclusive, infra, tmp_path,
+                                                               private_kafka, monkeypatch):
+    """The broker away longer than transaction.timeout.ms (10 s) while
+    transactions run: the broker expires the open one, librdkafka raises a fatal
+    error that is not a fence (INVALID_TXN_STATE) when the abort is retried.
+    The processor replaces its producer in-process: same pid, ready again,
+    events produced after the restart processed, and exactly one request per
+    scripted trigger (none for the robots that kept heartbeating)."""
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", private_kafka.bootstrap)
+    feed = fast_feed()
+    p = start_sp(tmp_path, infra, name="bk", offline_after_s=5)
+    p.wait_ready(90)
+    wait_assigned(p, 60)
+    pid = p.proc.pid
+    alive = {uid("bk-alive") for _ in range(12)}
+    before, after = uid("bk-before"), uid("bk-after")
+    stop = threading.Event()
+    th = heartbeats(feed, alive, stop)
+    try:
+        feed.event(before, "robot.heartbeat", time.time())  # then silent: offline before the outage
+        wait_for(lambda: all(state(p, rb)[0] == 200 for rb in alive), 20, "alive robots known")
+        wait_for(lambda: requests_by_robot([before], 3).get(before), 20, "offline before the outage")
+        assert state(p, before)[1]["status"] == "offline"
+        aborts_before = metric(p, "stream_txn_aborts_total") or 0
+        private_kafka.stop()
+        down = time.monotonic()
+        wait_for(lambda: p.readyz()[0] == 503, 30, "not ready without the broker")
+        time.sleep(max(0.0, 14 - (time.monotonic() - down)))  # > transaction.timeout.ms
+        assert p.proc.poll() is None, p.output()[-3000:]
+        private_kafka.start()
+        p.wait_ready(90)
+        # a robot first heard after the restart, then silent: one offline request
+        feed.event(after, "robot.heartbeat", time.time())
+        wait_for(lambda: state(p, after)[0] == 200, 60, "an event produced after the restart processed")
+        wait_for(lambda: requests_by_robot([after], 3).get(after), 30, "offline after the restart")
+        time.sleep(6)  # more than offline_after_s: nothing more may come
+        got = requests_by_robot(alive | {before, after}, 10)
+        assert set(got) == {before, after}, {r: v for r, v in got.items() if r not in (before, after)}
+        assert len(got[before]) == 1 and len(got[after]) == 1, got
+        assert all(got[rb][0][0] == "offline" for rb in (before, after)), got
+        assert all(state(p, rb)[1]["status"] == "online" for rb in alive)
+        assert p.proc.pid == pid and p.proc.poll() is None, p.output()[-3000:]
+        assert (metric(p, "stream_txn_aborts_total") or 0) >= aborts_before
+    finally:
+        stop.set()
+        th.join()
+    records = p.log_records()
+    assert not any("is fenced" in r["message"] for r in records)
+    assert p.stop() == 0, p.output()[-3000:]
+
+
+def test_backlog_defers_offline_verdicts_until_caught_up(exclusive, infra, tmp_path, private_kafka,
+                                                         monkeypatch):
+    """Offline verdicts wait until the robot's partition has caught up. The
+    processor is stopped while robots keep heartbeating (longer than
+    offline_after_s) behind a large backlog of other robots' events; the new
+    instance restores, and catching up (one transaction per 20 events) takes
+    longer than offline_after_s. No request for a robot whose heartbeats are in
+    the backlog; exactly one for the robot that really stopped. (A broker of
+    its own: the backlog stays out of the shared topic.)"""
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", private_kafka.bootstrap)
+    feed = fast_feed()
+    group, instance = uid("sp-backlog"), uid("backlog")
+    settings = dict(group=group, instance=instance, offline_after_s=1)
+    alive = {uid("bl-alive") for _ in range(20)}
+    dead = uid("bl-dead")
+    filler = [uid("bl-fill") for _ in range(60)]
+    a = start_sp(tmp_path, infra, name="bl-a", **settings)
+    a.wait_ready(90)
+    wait_assigned(a, 60)
+    stop = threading.Event()
+    th = None
+    try:
+        for rb in alive | {dead}:
+            feed.event(rb, "robot.heartbeat", time.time(), flush=False)
+        feed.p.flush(10)
+        wait_for(lambda: all(state(a, rb)[0] == 200 for rb in alive | {dead}), 15, "robots known")
+        assert a.stop() == 0
+        # the backlog: first the filler robots' heartbeats, then the alive robots keep
+        # heartbeating (dead does not) for longer than offline_after_s
+        t = time.time()
+        for rnd in range(100):
+            for rb in filler:
+                feed.event(rb, "robot.heartbeat", t + rnd * 0.001, flush=False)
+            feed.p.poll(0)
+        feed.p.flush(30)
+        th = heartbeats(feed, alive, stop, period=0.25)
+        time.sleep(3)
+        b = start_sp(tmp_path, infra, name="bl-b", cycle_max_events=20, **settings)
+        b.wait_ready()
+        wait_assigned(b)
+        wait_for(lambda: requests_by_robot([dead], 3).get(dead), 60, "the dead robot's request")
+        wait_for(lambda: all(state(b, rb)[1]["status"] == "online" for rb in alive), 60,
+                 "every alive robot online after the backlog")
+        time.sleep(3)
+        got = requests_by_robot(alive | {dead}, 10)
+        assert set(got) == {dead}, f"requests for robots alive in the backlog: {sorted(set(got) - {dead})}"
+        assert len(got[dead]) == 1 and got[dead][0][0] == "offline", got
+        assert (metric(b, "stream_timers_deferred_total") or 0) > 0, "no deadline waited for a backlog"
+    finally:
+        stop.set()
+        if th is not None:
+            th.join()
     assert b.stop() == 0

@@ -781,6 +781,10 @@ static void test_txn_fenced(void **state)
         rc = kafka_txn_commit(old, 10000);
     }
     assert_int_equal(rc, KAFKA_ERR_FATAL);
+    /* ... and says it was fenced, unlike a producer without a fatal error */
+    assert_true(kafka_producer_fenced(old));
+    assert_false(kafka_producer_fenced(new_one));
+    assert_false(kafka_producer_fenced(NULL));
     /* The fenced producer refuses new work with the same class. */
     assert_int_equal(kafka_producer_send(old, topic, -1, NULL, 0, "x", 1, NULL, 0, NULL),
                      KAFKA_ERR_FATAL);
