@@ -1026,14 +1026,14 @@ int kafka_ensure_topics(const char *bootstrap, const struct kafka_prop *props, s
      * CreateTopics API (librdkafka's mock cluster) work when topics exist.
      */
     const struct kafka_topic_spec **missing = xcalloc(ntopics, sizeof(*missing));
-    size_t ntodo = missing_topics(rk, topics, ntopics, timeout_ms, missing);
-    if (ntodo == 0) {
+    size_t nmissing = missing_topics(rk, topics, ntopics, timeout_ms, missing);
+    if (nmissing == 0) {
         free(missing);
         rd_kafka_destroy(rk);
         return 0;
     }
-    newt = xcalloc(ntodo, sizeof(*newt));
-    for (made = 0; made < ntodo; made++) {
+    newt = xcalloc(nmissing, sizeof(*newt));
+    for (made = 0; made < nmissing; made++) {
         const struct kafka_topic_spec *t = missing[made];
 
         /* -1 leaves the partition count or replication factor to the broker. */
@@ -1064,7 +1064,7 @@ int kafka_ensure_topics(const char *bootstrap, const struct kafka_prop *props, s
         goto out_opts;
     }
     q = rd_kafka_queue_new(rk);
-    rd_kafka_CreateTopics(rk, newt, ntodo, opts, q);
+    rd_kafka_CreateTopics(rk, newt, nmissing, opts, q);
     /* The request times out by itself; the margin only covers queueing. */
     ev = rd_kafka_queue_poll(q, timeout_ms + 1000);
     if (!ev) {
