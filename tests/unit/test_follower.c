@@ -12,6 +12,8 @@
 
 #include <cmocka.h>
 
+#include "unit_kafka.h"
+
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -29,15 +31,6 @@
 #include "timeutil.h"
 
 #define WAIT_MS 30000
-
-static const char *bootstrap(void)
-{
-    const char *b = getenv("KAFKA_BOOTSTRAP_SERVERS");
-    if (!b || !*b)
-        fail_msg("KAFKA_BOOTSTRAP_SERVERS is not set: run 'RUN_DIR=/tmp/x "
-                 "scripts/kafka-local.sh start' and export what it prints");
-    return b;
-}
 
 /* What one follower saw, written on its thread. */
 struct seen {

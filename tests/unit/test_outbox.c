@@ -14,6 +14,8 @@
 
 #include <cmocka.h>
 
+#include "unit_kafka.h"
+
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <stdatomic.h>
@@ -76,19 +78,6 @@ static struct kafka_producer *producer(const char *bootstrap)
     if (!p)
         fail_msg("kafka_producer_new: %s", err);
     return p;
-}
-
-/* A loopback address where nothing listens: bound once, then closed. */
-static void dead_bootstrap(char *out, size_t size)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof(sa);
-    assert_true(fd >= 0);
-    assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-    assert_int_equal(getsockname(fd, (struct sockaddr *)&sa, &len), 0);
-    close(fd);
-    snprintf(out, size, "127.0.0.1:%d", ntohs(sa.sin_port));
 }
 
 static void xadd(struct redis *r, const char *stream, const char *key, const char *value)
