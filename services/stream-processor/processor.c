@@ -21,21 +21,29 @@
  * any other fatal error (say INVALID_TXN_STATE, the broker having expired a
  * transaction while it was away), or an abort that cannot finish: roll back
  * the same way and replace the producer by one with the same transactional id
- * (recover_producer), with backoff while the broker is still away.
+ * (recover_producer), with backoff while the broker is still away. A fence
+ * that ends a transaction open for longer than transaction.timeout.ms is the
+ * coordinator's own doing (it aborts an expired transaction by bumping the
+ * producer epoch, which fences the producer that opened it, typically after a
+ * broker outage): it is recovered like the other fatal errors, at most
+ * FENCE_RECOVERIES times within FENCE_WINDOW_MS; past that, or for a fence of
+ * a young transaction, another instance has our transactional id and we exit.
  *
  * Offline verdicts. A robot's heartbeat deadline, and the end of its reboot
- * grace, only fire once its events partition has caught up: what was
- * processed (or the partition end the consumer reported since it last started
- * reading there) is within CATCHUP_SLACK of the high watermark librdkafka saw
- * (no round trip). Behind a backlog (a restore, a rollback, a broker back from
- * an outage) the robot's newer heartbeats may still be unread: its deadline is
- * put off by DEFER_MS and looked at again. A broker that does not answer
- * (asked when nothing was read for QUIET_MS while deadlines are due), a
- * consumer error or a replaced producer makes every partition unknown until a
- * message or a partition end arrives, or the broker answered two metadata
- * requests PING_MS apart; then every robot's offline clock restarts (its
- * heartbeats could not arrive meanwhile), and once more when the first event
- * arrives (upstream producers may reconnect later than we do).
+ * grace, only fire once its events partition has caught up: what was processed
+ * (or the partition end the consumer reported since it last started reading
+ * there) has reached the high watermark librdkafka saw (no round trip). No
+ * slack: a robot that heartbeats every few seconds on a quiet partition has
+ * only a handful of messages there, so "a few messages behind" can be many
+ * seconds of its heartbeats unread. Behind a backlog (a restore, a rollback, a
+ * broker back from an outage) the robot's newer heartbeats may still be unread:
+ * its deadline is put off by DEFER_MS and looked at again. A broker that does
+ * not answer (asked when nothing was read for QUIET_MS while deadlines are
+ * due), a consumer error or a replaced producer makes every partition unknown
+ * until a message or a partition end arrives, or the broker answered two
+ * metadata requests PING_MS apart; then every robot's offline clock restarts
+ * (its heartbeats could not arrive meanwhile), and once more when the first
+ * event arrives (upstream producers may reconnect later than we do).
  *
  * Rebalance. On assignment the state of the new partitions is rebuilt from the
  * changelog (read_committed, to its end) before the callback returns, so no
@@ -88,11 +96,13 @@
 #define OUT_MAX_BYTES    (64 * 1024)
 #define DLQ_MAX_PAYLOAD  (256 * 1024)
 #define TXN_TIMEOUT_MS   30000
+#define TXN_EXPIRY_MS    10000 /* transaction.timeout.ms: the coordinator aborts after this */
+#define FENCE_RECOVERIES 3
+#define FENCE_WINDOW_MS  (10 * 60 * 1000)
 #define COMMIT_RETRIES   3
 #define MIRROR_BATCH     1000
 #define MIRROR_QUEUE_MAX 200000
 #define INSTANCE_MAX     96
-#define CATCHUP_SLACK    16  /* messages behind the high watermark that still count as caught up */
 #define DEFER_MS         250 /* a deadline of a partition that lags is looked at again after this */
 #define PING_MS          1000
 #define QUIET_MS         1500 /* nothing read this long while deadlines are due: ask the broker */
@@ -228,6 +238,8 @@ struct processor {
     size_t catchup_cap;
     int64_t cycle_start_ms;
     int64_t cycle_events;
+    int64_t fence_window_ms; /* monotonic start of the window counting fence recoveries */
+    int fence_recoveries;
 
     pthread_t thread;
     bool started;
@@ -271,15 +283,38 @@ static void settings_read(const struct cfg *c, struct settings *s)
 }
 
 /*
+ * Whether a fence is the coordinator expiring our own open transaction (see
+ * the top of the file), and may be recovered once more.
+ */
+static bool fence_expired_txn(struct processor *p)
+{
+    int64_t mono = time_mono_ms();
+    if (!p->txn_open || mono - p->cycle_start_ms < TXN_EXPIRY_MS)
+        return false;
+    if (p->fence_recoveries == 0 || mono - p->fence_window_ms > FENCE_WINDOW_MS) {
+        p->fence_window_ms = mono;
+        p->fence_recoveries = 0;
+    }
+    return ++p->fence_recoveries <= FENCE_RECOVERIES;
+}
+
+/*
  * The producer returned KAFKA_ERR_FATAL. Fenced: another instance owns the
- * transactional id now, exit non-zero. Any other fatal error: the caller rolls
- * back and the thread replaces the producer (recover_producer).
+ * transactional id now, exit non-zero, unless the transaction had expired
+ * (fence_expired_txn). Any other fatal error: the caller rolls back and the
+ * thread replaces the producer (recover_producer).
  */
 static void producer_fatal(struct processor *p, const char *what)
 {
     if (p->broken)
         return;
     p->broken = true;
+    if (kafka_producer_fenced(p->producer) && fence_expired_txn(p)) {
+        LOG_WARN("fatal kafka error in %s: fenced after the transaction outlived its timeout "
+                 "(%lld ms open), the coordinator expired it: the producer will be replaced",
+                 what, (long long)(time_mono_ms() - p->cycle_start_ms));
+        return;
+    }
     if (kafka_producer_fenced(p->producer)) {
         LOG_ERROR("fatal kafka error in %s: the producer is fenced, exiting", what);
         atomic_store(&p->failed, true);
@@ -451,7 +486,6 @@ static int abort_cycle(struct processor *p)
         if (rc != KAFKA_ERR_RETRIABLE && rc != KAFKA_ERR_TIMEOUT)
             break;
     }
-    p->txn_open = false;
     metric_add(p->m_aborts, 1);
     if (rc == KAFKA_ERR_FATAL) {
         producer_fatal(p, "abort_transaction");
@@ -459,6 +493,7 @@ static int abort_cycle(struct processor *p)
         LOG_WARN("the transaction cannot be aborted: the producer will be replaced");
         p->broken = true;
     }
+    p->txn_open = false;
     rollback(p, p->broken);
     LOG_WARN("transaction aborted: rewound to the committed offsets and state");
     return rc;
@@ -1480,8 +1515,8 @@ static void note_eof(struct processor *p, const struct kafka_msg *m)
 /*
  * Whether the robots' heartbeats of an events partition are all read: where
  * the consumer is (the next offset to process, or the partition end it saw
- * since reading (re)started; unknown after an assignment until either) is
- * within CATCHUP_SLACK of the high watermark the consumer last fetched.
+ * since reading (re)started; unknown after an assignment until either) has
+ * reached the high watermark the consumer last fetched.
  */
 static bool caught_up(struct processor *p, int32_t partition)
 {
@@ -1500,7 +1535,7 @@ static bool caught_up(struct processor *p, int32_t partition)
         bool ok =
             p->fetch_ok && ps->assigned && at >= 0 &&
             kafka_consumer_high_watermark(p->consumer, TOPIC_ROBOT_EVENTS, partition, &high) == 0 &&
-            high >= 0 && at + CATCHUP_SLACK >= high;
+            high >= 0 && at >= high;
         *c = ok ? 1 : 2;
     }
     return *c == 1;
@@ -1885,7 +1920,9 @@ static struct kafka_producer *new_producer(struct processor *p, char *errbuf, si
     struct kafka_prop props[80];
     size_t np = 0;
     props[np++] = (struct kafka_prop){"client.id", p->client_id};
-    props[np++] = (struct kafka_prop){"transaction.timeout.ms", "10000"};
+    char expiry[24];
+    snprintf(expiry, sizeof(expiry), "%d", TXN_EXPIRY_MS);
+    props[np++] = (struct kafka_prop){"transaction.timeout.ms", expiry};
     props[np++] = (struct kafka_prop){"linger.ms", "5"};
     /* the changelog and state records are JSON envelopes that compress several times */
     props[np++] = (struct kafka_prop){"compression.type", "lz4"};

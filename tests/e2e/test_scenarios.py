@@ -257,11 +257,13 @@ class TestSharedPlatform:
                     waited.append((q, d, cid))
             assert len(waited) >= len(silent) - FLEET_CAP, waited
             # released in the order they queued (admissions within 50 ms of each other ran
-            # concurrently on different lanes: their order is not observable here)
+            # concurrently on different lanes: their order is not observable here). Slots that
+            # free together release several commands in one step, in queue order, and their
+            # lanes stamp "dispatched" concurrently: within 50 ms is a tie, not an inversion.
             for i, (q1, d1, c1) in enumerate(sorted(waited)):
                 for q2, d2, c2 in sorted(waited)[i + 1:]:
                     if q2 - q1 > 0.05:
-                        assert d1 < d2, f"{c2} queued after {c1} but dispatched first"
+                        assert d1 <= d2 + 0.05, f"{c2} queued after {c1} but dispatched first"
 
             st, figures = event_figures(sim, events)
             sent = commands_sent(st)

@@ -412,9 +412,10 @@ def requests_by_robot(robots, timeout=8):
 def test_broker_restart_beyond_txn_timeout_recovers_in_process(exclusive, infra, tmp_path,
                                                                private_kafka, monkeypatch):
     """The broker away longer than transaction.timeout.ms (10 s) while
-    transactions run: the broker expires the open one, librdkafka raises a fatal
-    error that is not a fence (INVALID_TXN_STATE) when the abort is retried.
-    The processor replaces its producer in-process: same pid, ready again,
+    transactions run: the broker expires the open one, and librdkafka raises a
+    fatal error when the abort is retried: INVALID_TXN_STATE, or a fence (the
+    coordinator bumped the epoch of the expired transaction), depending on
+    timing. The processor replaces its producer in-process: same pid, ready again,
     events produced after the restart processed, and exactly one request per
     scripted trigger (none for the robots that kept heartbeating)."""
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", private_kafka.bootstrap)
@@ -458,6 +459,36 @@ def test_broker_restart_beyond_txn_timeout_recovers_in_process(exclusive, infra,
     records = p.log_records()
     assert not any("is fenced" in r["message"] for r in records)
     assert p.stop() == 0, p.output()[-3000:]
+
+
+def test_second_instance_with_the_same_id_fences_the_first(exclusive, infra, tmp_path, feed):
+    """Two processes given one instance id share a transactional id: the second
+    one's init_transactions fences the first, whose next (young) transaction
+    fails with a fence. That is no expired transaction to recover from: the
+    first exits non-zero (for its supervisor or an operator), the second takes
+    its partitions over and goes on."""
+    group, inst = uid("sp-fence"), uid("fence")
+    a = start_sp(tmp_path, infra, name="fa", group=group, instance=inst)
+    a.wait_ready(90)
+    wait_assigned(a, 60)
+    robots = {uid("fence-r") for _ in range(12)}
+    stop = threading.Event()
+    th = heartbeats(feed, robots, stop, period=0.2)
+    try:
+        wait_for(lambda: all(state(a, rb)[0] == 200 for rb in robots), 20, "robots known")
+        b = start_sp(tmp_path, infra, name="fb", group=group, instance=inst)
+        b.wait_ready(90)
+        wait_for(lambda: a.proc.poll() is not None, 60, "the fenced instance exits")
+        assert a.proc.returncode != 0, a.output()[-3000:]
+        assert any("the producer is fenced, exiting" in r["message"] for r in a.log_records())
+        assert not any("coordinator expired it" in r["message"] for r in a.log_records())
+        wait_for(lambda: all(state(b, rb)[0] == 200 and state(b, rb)[1]["status"] == "online"
+                             for rb in robots), 60, "every robot online at the second instance")
+        assert b.proc.poll() is None, b.output()[-3000:]
+    finally:
+        stop.set()
+        th.join()
+    assert b.stop() == 0, b.output()[-3000:]
 
 
 def test_backlog_defers_offline_verdicts_until_caught_up(exclusive, infra, tmp_path, private_kafka,
