@@ -147,8 +147,29 @@ def test_kafka_unreachable_means_not_ready(service):
     assert svc.stop() == 0
 
 
-def run_platform(tmp_path, kafka):
-    """scripts/run-local.sh (what `make run` calls) brings all five services up."""
+DEMO_WITHIN_S = 120  # `make run`: a demo reboot has gone the whole way within two minutes
+
+
+def demo_reboot_succeeded(logs):
+    """The reboot-command log line of a demo robot's command reaching succeeded, or None."""
+    path = logs / "reboot-command.log"
+    if not path.exists():
+        return None
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if " -> succeeded" in rec.get("message", "") and rec.get("robot.id", "").startswith("robot-"):
+            return rec
+    return None
+
+
+def run_platform(tmp_path, kafka, demo=False):
+    """scripts/run-local.sh (what `make run` calls) brings all five services up;
+    with demo, the demo fleet's silent robot is rebooted the whole way (its
+    command `succeeded`, shown in the reboot-command log, and the simulator
+    saw the reboot end) within DEMO_WITHIN_S of the start."""
     for port in SERVICES.values():
         status = None
         try:
@@ -160,6 +181,7 @@ def run_platform(tmp_path, kafka):
     for k in ("REDIS_URL", "KAFKA_BOOTSTRAP_SERVERS"):
         env.pop(k, None)
     log = open(tmp_path / "run.log", "wb")
+    started = time.monotonic()
     proc = subprocess.Popen([str(ROOT / "scripts" / "run-local.sh"), "--kafka", kafka],
                             stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
@@ -173,6 +195,19 @@ def run_platform(tmp_path, kafka):
         assert "REDIS_URL=redis://127.0.0.1:" in env_file
         assert "WEBHOOK_INGEST_URL=http://127.0.0.1:8081" in env_file
         wait_for(lambda: "is running" in (tmp_path / "run.log").read_text(), 10, "banner")
+        if demo:
+            logs = tmp_path / "run" / "logs"
+
+            def done():
+                assert proc.poll() is None, (tmp_path / "run.log").read_text()
+                return demo_reboot_succeeded(logs)
+            rec = wait_for(done, max(1.0, DEMO_WITHIN_S - (time.monotonic() - started)),
+                           "a demo reboot succeeded in the reboot-command log")
+            wait_for(lambda: any(rec["command.id"] in ln and "reboot finished, result succeeded" in ln
+                                 for ln in (logs / "robot-sim.log").read_text().splitlines()),
+                     10, "the simulator's end of the same reboot")
+            print(f"\nmake run demo: {rec['robot.id']} command {rec['command.id']} succeeded "
+                  f"{time.monotonic() - started:.0f}s after the start")
     finally:
         proc.send_signal(signal.SIGTERM)
         rc = proc.wait(90)
@@ -189,7 +224,7 @@ def run_platform(tmp_path, kafka):
 
 
 def test_make_run_embedded_broker(tmp_path):
-    run_platform(tmp_path, "embedded")
+    run_platform(tmp_path, "embedded", demo=True)
 
 
 def test_make_run_apache_kafka(tmp_path):
