@@ -309,13 +309,14 @@ static void producer_fatal(struct processor *p, const char *what)
     if (p->broken)
         return;
     p->broken = true;
-    if (kafka_producer_fenced(p->producer) && fence_expired_txn(p)) {
+    bool fenced = kafka_producer_fenced(p->producer);
+    if (fenced && fence_expired_txn(p)) {
         LOG_WARN("fatal kafka error in %s: fenced after the transaction outlived its timeout "
                  "(%lld ms open), the coordinator expired it: the producer will be replaced",
                  what, (long long)(time_mono_ms() - p->cycle_start_ms));
         return;
     }
-    if (kafka_producer_fenced(p->producer)) {
+    if (fenced) {
         LOG_ERROR("fatal kafka error in %s: the producer is fenced, exiting", what);
         atomic_store(&p->failed, true);
         atomic_store(&p->stop, true);
