@@ -148,6 +148,16 @@ int kafka_consumer_unassign(struct kafka_consumer *c, const struct kafka_partiti
  */
 int kafka_consumer_high_watermark(struct kafka_consumer *c, const char *topic, int32_t partition,
                                   int64_t *high);
+/*
+ * Asks the partition's leader for its high watermark (a ListOffsets round
+ * trip, at most timeout_ms). A request to the leader also wakes the
+ * consumer's fetcher for that broker: librdkafka 2.0 stops fetching a
+ * partition whose prefetch queue is full and looks at it again only when its
+ * broker thread wakes (at most 1 s later), not when the queue drains. 0 or
+ * negative.
+ */
+int kafka_consumer_query_high(struct kafka_consumer *c, const char *topic, int32_t partition,
+                              int timeout_ms, int64_t *high);
 /* Leaves the group (committing nothing) and destroys. NULL-safe. */
 void kafka_consumer_free(struct kafka_consumer *c);
 

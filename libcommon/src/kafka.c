@@ -832,6 +832,20 @@ int kafka_consumer_high_watermark(struct kafka_consumer *c, const char *topic, i
     return err_code(err);
 }
 
+int kafka_consumer_query_high(struct kafka_consumer *c, const char *topic, int32_t partition,
+                              int timeout_ms, int64_t *high)
+{
+    int64_t low = -1;
+    rd_kafka_resp_err_t err;
+
+    if (!c || !topic || !high)
+        return -EINVAL;
+    err = rd_kafka_query_watermark_offsets(c->rk, topic, partition, &low, high, timeout_ms);
+    if (err)
+        *high = -1;
+    return err_code(err);
+}
+
 void kafka_consumer_free(struct kafka_consumer *c)
 {
     rd_kafka_resp_err_t err;

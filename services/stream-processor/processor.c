@@ -105,6 +105,7 @@
 #define INSTANCE_MAX     96
 #define DEFER_MS         250 /* a deadline of a partition that lags is looked at again after this */
 #define PING_MS          1000
+#define WAKE_MS          5    /* wake_fetcher asks at most this often */
 #define QUIET_MS         1500 /* nothing read this long while deadlines are due: ask the broker */
 
 static const char *const topic_names[NTOPICS] = {TOPIC_ROBOT_EVENTS, TOPIC_ROBOT_COMMAND_STATUS,
@@ -232,6 +233,8 @@ struct processor {
     bool fetch_ok;   /* no consumer error since the last sign that the broker answers */
     bool await_flow; /* since the broker came back, no event was read yet */
     int64_t next_ping_ms;
+    int64_t next_wake_ms; /* earliest next wake_fetcher round trip */
+    size_t wake_next;     /* the events partition wake_fetcher looks at first */
     int64_t last_read_ms; /* monotonic: the consumer's last message or partition end */
     int pings_ok;
     int8_t *catchup; /* by partition, within one fire_timers: 0 unknown, 1 caught up, 2 lagging */
@@ -250,7 +253,7 @@ struct processor {
     /* metrics */
     struct metric *m_events, *m_late, *m_dupes, *m_dlq, *m_commit, *m_commits, *m_aborts;
     struct metric *m_robots, *m_state_bytes, *m_by_status, *m_timers, *m_lag, *m_requests;
-    struct metric *m_suppressed, *m_restored, *m_mirror_errors, *m_deferred;
+    struct metric *m_suppressed, *m_restored, *m_mirror_errors, *m_deferred, *m_wakes;
     struct metric_series *s_events[EVENT_KIND_COUNT + 2];
     int64_t next_gauges_ms;
 
@@ -1503,6 +1506,38 @@ static void event_flows(struct processor *p)
     robot_table_foreach(p->table, restart_clock, p);
 }
 
+/*
+ * The consumer's queue ran dry while an events partition is known to have more
+ * (its last fetched high watermark is beyond what was read). With librdkafka
+ * 2.0 that is the fetcher resting after the prefetch queue filled (during a
+ * commit, or while processing was slower than fetching): it would look again
+ * only within a second. A ListOffsets request to the leader wakes it now.
+ */
+static void wake_fetcher(struct processor *p)
+{
+    int64_t mono = time_mono_ms();
+    if (mono < p->next_wake_ms || !p->fetch_ok)
+        return;
+    p->next_wake_ms = mono + WAKE_MS;
+    /* one partition per call, round robin: one request wakes its leader's fetcher for all the
+     * partitions it leads */
+    for (size_t k = 0; k < p->npos; k++) {
+        size_t i = (p->wake_next + k) % p->npos;
+        const struct position *ps = &p->pos[T_EVENTS][i];
+        int64_t high = -1;
+        if (!ps->assigned || ps->next < 0 || ps->eof >= ps->next ||
+            kafka_consumer_high_watermark(p->consumer, TOPIC_ROBOT_EVENTS, (int32_t)i, &high) ||
+            high <= ps->next)
+            continue;
+        p->wake_next = i + 1;
+        if (kafka_consumer_query_high(p->consumer, TOPIC_ROBOT_EVENTS, (int32_t)i, 200, &high) == 0)
+            metric_add(p->m_wakes, 1);
+        else
+            p->next_wake_ms = mono + 1000; /* the broker does not answer: the errors path acts */
+        return;
+    }
+}
+
 /* A partition's end as the consumer saw it (enable.partition.eof). */
 static void note_eof(struct processor *p, const struct kafka_msg *m)
 {
@@ -2038,6 +2073,8 @@ static void *run(void *arg)
             wait = left < 0 ? 0 : left < wait ? (int)left : wait;
         }
         struct kafka_msg *m = kafka_consumer_poll(p->consumer, wait);
+        if (!m)
+            wake_fetcher(p); /* reads only what this thread writes: no lock */
         pthread_mutex_lock(&p->mu);
         if (m) {
             if (kafka_msg_is_eof(m) || !kafka_msg_error(m))
@@ -2176,6 +2213,10 @@ static void register_metrics(struct processor *p, struct metrics *m)
     p->m_deferred = metrics_counter(
         m, "stream_timers_deferred_total",
         "Heartbeat deadlines put off because the robot's partition had not caught up", 0, NULL);
+    p->m_wakes = metrics_counter(
+        m, "stream_fetch_wakes_total",
+        "Times the consumer's queue ran dry behind the high watermark and the fetcher was woken", 0,
+        NULL);
 }
 
 struct processor *processor_new(struct service *svc, char *errbuf, size_t errsize)

@@ -23,6 +23,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 BS = os.environ["KAFKA_BOOTSTRAP_SERVERS"]
 EVENTS = int(os.environ.get("BENCH_SP_EVENTS", "1000000"))
 ROBOTS = int(os.environ.get("BENCH_ROBOTS", "100000"))
+CYCLE_EVENTS = int(os.environ.get("BENCH_SP_CYCLE_EVENTS", "10000"))
 TOPIC = "robot.events.v1"
 CLK = os.sysconf("SC_CLK_TCK")
 
@@ -97,7 +98,9 @@ def status_kb(pid, field):
     return 0
 
 
-def metrics(port):
+def metrics(port, extra=None):
+    """Events processed and robots held; with extra (a dict), also the commit
+    latency sum/count and the fetcher wake-ups."""
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     ev, robots = 0.0, 0.0
     for line in body.splitlines():
@@ -105,6 +108,10 @@ def metrics(port):
             ev += float(line.rsplit(" ", 1)[1])
         elif line.startswith("stream_state_robots "):
             robots = float(line.rsplit(" ", 1)[1])
+        elif extra is not None and line.split(" ")[0] in (
+                "stream_txn_commit_seconds_sum", "stream_txn_commit_seconds_count",
+                "stream_fetch_wakes_total"):
+            extra[line.split(" ")[0]] = float(line.rsplit(" ", 1)[1])
     return ev, robots
 
 
@@ -121,7 +128,8 @@ def main():
     with open(cfg, "w") as f:
         f.write("log:\n  level: warn\nkafka:\n  properties:\n"
                 f"    queued.max.messages.kbytes: {FETCH['queued.max.messages.kbytes']}\n"
-                "stream:\n  offline_after_s: 3600\n  cycle_ms: 100\n  cycle_max_events: 10000\n"
+                "stream:\n  offline_after_s: 3600\n  cycle_ms: 100\n"
+                f"  cycle_max_events: {CYCLE_EVENTS}\n"
                 "  mirror_heartbeat_s: 10\n")
     port = int(os.environ["SP_PORT"])
     env = dict(os.environ, HTTP_PORT=str(port), STREAM_GROUP_ID="sp-bench-%d" % os.getpid(),
@@ -146,6 +154,11 @@ def main():
         time.sleep(0.05)
     t_end, c_end = time.monotonic(), cpu_ticks(p.pid)
     hwm = status_kb(p.pid, "VmHWM") / 1024
+    extra = {}
+    try:
+        metrics(port, extra)
+    except Exception:
+        pass
     p.terminate()
     rc = p.wait(60)
     log.close()
@@ -157,7 +170,11 @@ def main():
     print(json.dumps({"events_per_s": round(rate), "raw_per_s": round(raw),
                       "ratio": round(rate / raw, 3), "cpu_cores": round(cpu, 2),
                       "events_per_cpu_s": round(rate / cpu) if cpu else None,
-                      "rss_mib_peak": round(hwm, 1), "robots": int(robots), "exit": rc}))
+                      "rss_mib_peak": round(hwm, 1), "robots": int(robots),
+                      "commits": int(extra.get("stream_txn_commit_seconds_count", 0)),
+                      "commit_ms_avg": round(1000 * extra.get("stream_txn_commit_seconds_sum", 0) /
+                                             max(1, extra.get("stream_txn_commit_seconds_count", 0)), 1),
+                      "fetch_wakes": int(extra.get("stream_fetch_wakes_total", 0)), "exit": rc}))
     return 0 if rc == 0 else 1
 
 
