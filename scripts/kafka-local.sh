@@ -8,8 +8,10 @@
 #   scripts/kafka-local.sh fetch   # only fill the jar cache
 #
 # Environment: KAFKA_PORT (default: a free port), KAFKA_DIR (default $RUN_DIR/kafka),
-# KAFKA_HEAP (default 512m). The broker is configured so that transactions work
-# with one node (replication factors and min ISR of 1).
+# KAFKA_HEAP (default 512m), KAFKA_JVM_OPTS (default -XX:TieredStopAtLevel=1: the
+# quick-starting client JIT that tests want; benchmarks set it empty for the full
+# JIT a production broker runs with). The broker is configured so that
+# transactions work with one node (replication factors and min ISR of 1).
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
@@ -29,7 +31,8 @@ fetch() {
 }
 
 java_run() {
-  ${JAVA_EXEC:-} java -Xmx"${KAFKA_HEAP:-512m}" -Xms128m -XX:+UseG1GC -XX:TieredStopAtLevel=1 \
+  # shellcheck disable=SC2086 # KAFKA_JVM_OPTS is a list of options
+  ${JAVA_EXEC:-} java -Xmx"${KAFKA_HEAP:-512m}" -Xms128m -XX:+UseG1GC ${KAFKA_JVM_OPTS--XX:TieredStopAtLevel=1} \
     -Djava.awt.headless=true -Dlog4j.configuration="file:$KAFKA_DIR/log4j.properties" \
     -cp "$JARS/*" "$@"
 }

@@ -1021,7 +1021,33 @@ static void mirror_stop(struct processor *p)
     p->mirror_running = false;
 }
 
-/* Produces the cycle's state outputs, sends the offsets and commits. 0 or negative. */
+/* Adds the consumer positions reached since the last commit to the transaction. */
+static int send_positions(struct processor *p)
+{
+    struct kafka_partition parts[64];
+    int64_t offs[64];
+    size_t n = 0;
+    int rc = 0;
+    for (int t = 0; t < NTOPICS && rc == 0; t++) {
+        for (size_t i = 0; i < p->npos && rc == 0; i++) {
+            struct position *ps = &p->pos[t][i];
+            if (!ps->assigned || ps->next < 0 || ps->next == ps->committed)
+                continue;
+            parts[n] = (struct kafka_partition){topic_names[t], (int32_t)i};
+            offs[n++] = ps->next;
+            if (n == 64) {
+                rc = kafka_txn_send_positions(p->producer, p->consumer, parts, offs, n,
+                                              TXN_TIMEOUT_MS);
+                n = 0;
+            }
+        }
+    }
+    if (rc == 0 && n > 0)
+        rc = kafka_txn_send_positions(p->producer, p->consumer, parts, offs, n, TXN_TIMEOUT_MS);
+    return rc;
+}
+
+/* Sends the offsets, produces the cycle's state outputs and commits. 0 or negative. */
 static int commit_cycle(struct processor *p)
 {
     uint8_t rec[CHANGELOG_MAX];
@@ -1032,6 +1058,13 @@ static int commit_cycle(struct processor *p)
 
     if (!p->txn_open)
         return 0;
+    /*
+     * Offsets first: their two round trips go out on an idle connection, rather
+     * than queueing behind the produce requests of the records below (a broker
+     * answers a connection's requests in order). The transaction commits both
+     * or neither whatever the order.
+     */
+    rc = send_positions(p);
     trace_parent_new(trace); /* one trace for the cycle's changelog records */
     buf_init(&cl, OUT_MAX_BYTES);
     for (size_t i = 0; i < p->ndirty && rc == 0; i++) {
@@ -1054,25 +1087,6 @@ static int commit_cycle(struct processor *p)
     }
 
     buf_release(&cl);
-    struct kafka_partition parts[64];
-    int64_t offs[64];
-    size_t n = 0;
-    for (int t = 0; t < NTOPICS && rc == 0; t++) {
-        for (size_t i = 0; i < p->npos && rc == 0; i++) {
-            struct position *ps = &p->pos[t][i];
-            if (!ps->assigned || ps->next < 0 || ps->next == ps->committed)
-                continue;
-            parts[n] = (struct kafka_partition){topic_names[t], (int32_t)i};
-            offs[n++] = ps->next;
-            if (n == 64) {
-                rc = kafka_txn_send_positions(p->producer, p->consumer, parts, offs, n,
-                                              TXN_TIMEOUT_MS);
-                n = 0;
-            }
-        }
-    }
-    if (rc == 0 && n > 0)
-        rc = kafka_txn_send_positions(p->producer, p->consumer, parts, offs, n, TXN_TIMEOUT_MS);
     for (int i = 0; rc == 0 && i < COMMIT_RETRIES; i++) {
         rc = kafka_txn_commit(p->producer, TXN_TIMEOUT_MS);
         if (rc != KAFKA_ERR_RETRIABLE && rc != KAFKA_ERR_TIMEOUT)

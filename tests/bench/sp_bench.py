@@ -91,6 +91,14 @@ def cpu_ticks(pid):
     return int(s[11]) + int(s[12])
 
 
+def broker_pid(workdir):
+    """The Apache Kafka broker's pid (scripts/kafka-local.sh), None if unknown."""
+    try:
+        return int(open(os.path.join(workdir, "kafka", "kafka.pid")).read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def status_kb(pid, field):
     for line in open(f"/proc/{pid}/status"):
         if line.startswith(field + ":"):
@@ -138,6 +146,7 @@ def main():
     p = subprocess.Popen([os.path.join(build, "bin", "stream-processor"), "-c", cfg], env=env,
                          stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     t_first = c_first = None
+    bpid = broker_pid(workdir)
     deadline = time.monotonic() + 600
     ev = robots = 0
     while time.monotonic() < deadline and p.poll() is None:
@@ -149,10 +158,12 @@ def main():
         now = time.monotonic()
         if t_first is None and ev > 0:
             t_first, c_first, ev_first = now, cpu_ticks(p.pid), ev
+            b_first = cpu_ticks(bpid) if bpid else 0
         if ev >= EVENTS:
             break
         time.sleep(0.05)
     t_end, c_end = time.monotonic(), cpu_ticks(p.pid)
+    b_end = cpu_ticks(bpid) if bpid else 0
     hwm = status_kb(p.pid, "VmHWM") / 1024
     extra = {}
     try:
@@ -170,6 +181,8 @@ def main():
     print(json.dumps({"events_per_s": round(rate), "raw_per_s": round(raw),
                       "ratio": round(rate / raw, 3), "cpu_cores": round(cpu, 2),
                       "events_per_cpu_s": round(rate / cpu) if cpu else None,
+                      "broker_cpu_cores": round((b_end - b_first) / CLK / (t_end - t_first), 2)
+                      if bpid else None,
                       "rss_mib_peak": round(hwm, 1), "robots": int(robots),
                       "commits": int(extra.get("stream_txn_commit_seconds_count", 0)),
                       "commit_ms_avg": round(1000 * extra.get("stream_txn_commit_seconds_sum", 0) /
