@@ -25,9 +25,10 @@ DURATION=${BENCH_DURATION:-15}
 WARMUP=${BENCH_WARMUP:-3}
 CONNECTIONS=${BENCH_CONNECTIONS:-64}
 # A webhook is answered only once Kafka has it (acks=all, after up to linger.ms
-# of batching), ~6-9 ms here, so each sender's connection carries at most
-# ~110-170 webhooks/s: 20,000/s takes well over 100 concurrent senders whatever
-# the service's speed (Little's law). 64 senders get ~10.7k/s on this box.
+# of batching), ~4 ms here before the cores are busy, so each sender's
+# connection carries at most ~250 webhooks/s: 20,000/s takes well over 64
+# concurrent senders whatever the service's speed (Little's law); 64 senders
+# get ~15k/s on this box.
 INGEST_CONNECTIONS=${BENCH_INGEST_CONNECTIONS:-192}
 BROKERS=${BENCH_BROKERS:-apache embedded}
 LOG_DIR=$RUN_DIR/logs
