@@ -642,6 +642,10 @@ def test_kill_9_after_transitions_loses_no_status_event(start, world, vendor, ka
     svc2, api2 = start(**cfg)
     for cid in ids:
         api2.wait_state(cid, "dispatched", timeout=30)
+    # "dispatched" is recorded before the vendor call: a call the kill cut off is resent by
+    # the new leader's stuck-dispatch sweep (stuck_after_s), once the old lease has expired
+    wait_for(lambda: all(vendor.calls_for(cid) for cid in ids), 30,
+             "every command reached the vendor (resent after the kill)")
     histories = {cid: api2.command(cid)["history"] for cid in ids}
     expected = {f"{cid}.{i + 1}": (cid, h["state"])
                 for cid, hist in histories.items() for i, h in enumerate(hist)}
