@@ -74,6 +74,14 @@ int kafka_producer_flush(struct kafka_producer *p, int timeout_ms);
 size_t kafka_producer_outstanding(const struct kafka_producer *p);
 /* Asks the cluster for metadata; true when a broker answered within timeout_ms. */
 bool kafka_producer_ping(struct kafka_producer *p, int timeout_ms);
+/*
+ * Learns where the partitions of topics the producer will write are, before
+ * its first message to them (else that message waits for the next metadata
+ * refresh, up to a second): keeps a handle per topic for the producer's life.
+ * 0, or negative when a topic's metadata did not arrive within timeout_ms.
+ */
+int kafka_producer_prepare(struct kafka_producer *p, const char *const *topics, size_t ntopics,
+                           int timeout_ms);
 /* Flushes (up to flush_timeout_ms), stops the poll thread, destroys. NULL-safe. */
 void kafka_producer_free(struct kafka_producer *p, int flush_timeout_ms);
 

@@ -54,6 +54,8 @@ struct kafka_producer {
     bool transactional;
     atomic_bool stop;
     pthread_t poller;
+    rd_kafka_topic_t **topics; /* kafka_producer_prepare's */
+    size_t ntopics;
 };
 
 struct kafka_consumer {
@@ -384,6 +386,34 @@ bool kafka_producer_ping(struct kafka_producer *p, int timeout_ms)
     return true;
 }
 
+int kafka_producer_prepare(struct kafka_producer *p, const char *const *topics, size_t ntopics,
+                           int timeout_ms)
+{
+    int rc = 0;
+
+    if (!p || (ntopics > 0 && !topics))
+        return -EINVAL;
+    for (size_t i = 0; i < ntopics && rc == 0; i++) {
+        const struct rd_kafka_metadata *md = NULL;
+        rd_kafka_topic_t *rkt = rd_kafka_topic_new(p->rk, topics[i], NULL);
+        if (!rkt)
+            return err_code(rd_kafka_last_error());
+        p->topics = xrealloc(p->topics, (p->ntopics + 1) * sizeof(*p->topics));
+        p->topics[p->ntopics++] = rkt;
+        rd_kafka_resp_err_t err = rd_kafka_metadata(p->rk, 0, rkt, &md, timeout_ms);
+        if (!err && (md->topic_cnt != 1 || md->topics[0].err))
+            err = md->topic_cnt == 1 ? md->topics[0].err : RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC;
+        if (md)
+            rd_kafka_metadata_destroy(md);
+        if (err) {
+            LOG_WARN("no metadata for kafka topic '%s': %s", topics[i], rd_kafka_err2str(err));
+            rc = err_code(err);
+            break; /* the broker is likely away: the rest would wait as long */
+        }
+    }
+    return rc;
+}
+
 void kafka_producer_free(struct kafka_producer *p, int flush_timeout_ms)
 {
     int left;
@@ -402,6 +432,9 @@ void kafka_producer_free(struct kafka_producer *p, int flush_timeout_ms)
     }
     atomic_store(&p->stop, true);
     pthread_join(p->poller, NULL);
+    for (size_t i = 0; i < p->ntopics; i++)
+        rd_kafka_topic_destroy(p->topics[i]);
+    free(p->topics);
     rd_kafka_queue_destroy(p->mainq);
     rd_kafka_destroy(p->rk);
     free(p);
@@ -976,6 +1009,7 @@ static int topics_result(rd_kafka_event_t *ev, char *errbuf, size_t errsize)
                     rd_kafka_topic_result_name(results[i]),
                     rd_kafka_topic_result_error_string(results[i]));
             rc = err_code(err);
+            break; /* the broker is likely away: the rest would wait as long */
         }
     }
     return rc;

@@ -15,8 +15,22 @@
  * requests and dead letters are produced as they happen; at the end of the
  * cycle each dirty robot's changelog record (and its robot.state.v1 message if
  * the derived state changed) is produced, the processed positions are sent to
- * the transaction and it commits. Abortable error: abort, put every pre-image
- * back, seek each partition back to its committed position. Fatal: fenced (an
+ * the transaction and it commits.
+ *
+ * The commit overlaps the next cycle. Sending the offsets and committing wait
+ * on the broker for most of a cycle's time, so the committer thread does that
+ * (commit_job) while the processing thread goes on with the next cycle, whose
+ * Kafka transaction can only begin once the commit is in: its outputs wait in
+ * the deferred queue until then (txn_begin_deferred). At most one commit is in
+ * flight; the end of the next cycle waits for it. Its pre-images stay apart
+ * (the hand-off) until it committed, so a failed commit rolls back both
+ * cycles, newest first, to the last committed state and offsets; its
+ * positions count as committed, and robots it deleted go, only once it is in
+ * (commit_finish). Rebalances, shutdown and producer replacement wait for the
+ * commit in flight first.
+ *
+ * Abortable error: abort, put every pre-image back, seek each partition back
+ * to its committed position. Fatal: fenced (an
  * instance with the same transactional id took over), stop and exit non-zero;
  * any other fatal error (say INVALID_TXN_STATE, the broker having expired a
  * transaction while it was away), or an abort that cannot finish: roll back
@@ -160,6 +174,36 @@ struct undo {
     struct robot saved;
 };
 
+/* An output made while the previous cycle's commit is in flight: produced at the next begin. */
+struct deferred_out {
+    const char *topic; /* a topic name constant */
+    int32_t partition;
+    size_t klen, vlen;
+    bool tombstone;
+    char traceparent[TRACE_PARENT_LEN]; /* "" = none */
+    char *data;                         /* key, NUL, value */
+};
+
+/*
+ * The cycle handed to the committer thread: the positions it sends to its
+ * transaction, what to do once it committed (mirror items, robots to drop)
+ * and, should it fail, its pre-images.
+ */
+struct handoff {
+    struct kafka_partition *parts;
+    int64_t *offsets;
+    int *topics;
+    size_t nparts, parts_cap;
+    struct undo *undo;
+    size_t nundo, undo_cap;
+    struct robot **gone; /* deleted in the cycle: dropped once it committed */
+    size_t ngone, gone_cap;
+    struct mirror_item *mirror;
+    size_t nmirror, mirror_cap;
+    int64_t opened_ms; /* monotonic: when its transaction began */
+    int64_t started_ms;
+};
+
 /*
  * RFC 3339 times without a gmtime and a printf per call: the text of the last
  * few seconds formatted is kept (event times and the wall clock alternate) and
@@ -228,7 +272,23 @@ struct processor {
     bool mirror_stop, mirror_running;
     pthread_t mirror_thread;
     char mirror_sha[48]; /* the mirror thread's */
-    bool txn_open;
+
+    /* the committer thread (cm_mu): commits the handed-off cycle while the next one runs */
+    pthread_mutex_t cm_mu;
+    pthread_cond_t cm_cond;
+    bool cm_job, cm_done, cm_quit;
+    int cm_rc;
+    atomic_bool cm_finished; /* cm_done, read without the lock */
+    pthread_t committer;
+    bool committer_running;
+    bool inflight; /* a handed-off cycle awaits its commit (the processing thread's view) */
+    struct handoff ho;
+    struct deferred_out *outq;
+    size_t nout, out_cap;
+    struct buf out_buf; /* the changelog and state records being built */
+
+    bool txn_open;   /* a cycle is open: changes since the last hand-off */
+    bool kafka_txn;  /* its Kafka transaction began (not while a commit is in flight) */
     bool broken;     /* a fatal producer error: recover_producer replaces the producer */
     bool fetch_ok;   /* no consumer error since the last sign that the broker answers */
     bool await_flow; /* since the broker came back, no event was read yet */
@@ -289,10 +349,18 @@ static void settings_read(const struct cfg *c, struct settings *s)
  * Whether a fence is the coordinator expiring our own open transaction (see
  * the top of the file), and may be recovered once more.
  */
+/* Monotonic start of the oldest transaction not committed yet, 0 = none. */
+static int64_t oldest_open_ms(const struct processor *p)
+{
+    if (p->inflight)
+        return p->ho.opened_ms;
+    return p->kafka_txn ? p->cycle_start_ms : 0;
+}
+
 static bool fence_expired_txn(struct processor *p)
 {
-    int64_t mono = time_mono_ms();
-    if (!p->txn_open || mono - p->cycle_start_ms < TXN_EXPIRY_MS)
+    int64_t mono = time_mono_ms(), since = oldest_open_ms(p);
+    if (since == 0 || mono - since < TXN_EXPIRY_MS)
         return false;
     if (p->fence_recoveries == 0 || mono - p->fence_window_ms > FENCE_WINDOW_MS) {
         p->fence_window_ms = mono;
@@ -316,7 +384,7 @@ static void producer_fatal(struct processor *p, const char *what)
     if (fenced && fence_expired_txn(p)) {
         LOG_WARN("fatal kafka error in %s: fenced after the transaction outlived its timeout "
                  "(%lld ms open), the coordinator expired it: the producer will be replaced",
-                 what, (long long)(time_mono_ms() - p->cycle_start_ms));
+                 what, (long long)(time_mono_ms() - oldest_open_ms(p)));
         return;
     }
     if (fenced) {
@@ -355,19 +423,32 @@ static int topic_index(const char *topic)
 
 /* ---- the transaction ---- */
 
+static int txn_begin(struct processor *p)
+{
+    int rc = kafka_txn_begin(p->producer);
+    if (rc == KAFKA_ERR_FATAL)
+        producer_fatal(p, "begin_transaction");
+    if (rc == 0)
+        p->kafka_txn = true;
+    return rc;
+}
+
+/*
+ * Opens a cycle before a change. Its Kafka transaction begins now, or, while
+ * the previous cycle's commit is in flight, once that commit is done
+ * (commit_finish); outputs wait in the deferred queue meanwhile.
+ */
 static int txn_ensure(struct processor *p)
 {
     if (p->txn_open)
         return 0;
     if (p->broken)
         return KAFKA_ERR_FATAL;
-    int rc = kafka_txn_begin(p->producer);
-    if (rc == KAFKA_ERR_FATAL) {
-        producer_fatal(p, "begin_transaction");
-        return rc;
+    if (!p->inflight) {
+        int rc = txn_begin(p);
+        if (rc)
+            return rc;
     }
-    if (rc)
-        return rc;
     p->txn_open = true;
     p->cycle_start_ms = time_mono_ms();
     p->cycle_events = 0;
@@ -430,15 +511,18 @@ static void arm(struct processor *p, struct robot *r)
     /* a later deadline is picked up lazily when the earlier one comes due */
 }
 
-/*
- * Puts every pre-image back and seeks each partition to its committed offset:
- * those with processed messages, or all of them (all: messages may have been
- * read without being processed, as when the producer broke).
- */
-static void rollback(struct processor *p, bool all)
+static void outq_clear(struct processor *p)
 {
-    for (size_t i = p->nundo; i-- > 0;) {
-        struct undo *u = &p->undo[i];
+    for (size_t i = 0; i < p->nout; i++)
+        free(p->outq[i].data);
+    p->nout = 0;
+}
+
+/* Puts the pre-images of one cycle back, newest first. */
+static void undo_apply(struct processor *p, struct undo *undo, size_t n)
+{
+    for (size_t i = n; i-- > 0;) {
+        struct undo *u = &undo[i];
         struct robot *r = u->r;
         if (u->created) {
             deadline_heap_remove(p->heap, r);
@@ -459,9 +543,26 @@ static void rollback(struct processor *p, bool all)
         else
             deadline_heap_remove(p->heap, r);
     }
+}
+
+/*
+ * Puts every pre-image back, of the open cycle and then of the one whose
+ * commit failed, and seeks each partition to its committed offset: those with
+ * processed messages, or all of them (all: messages may have been read
+ * without being processed, as when the producer broke).
+ */
+static void rollback(struct processor *p, bool all)
+{
+    undo_apply(p, p->undo, p->nundo);
+    undo_apply(p, p->ho.undo, p->ho.nundo);
     p->nundo = 0;
     p->ndirty = 0;
     p->nmirror = 0;
+    p->ho.nundo = 0;
+    p->ho.ngone = 0;
+    p->ho.nmirror = 0;
+    p->ho.nparts = 0;
+    outq_clear(p);
     for (int t = 0; t < NTOPICS; t++) {
         for (size_t i = 0; i < p->npos; i++) {
             struct position *ps = &p->pos[t][i];
@@ -478,14 +579,15 @@ static void rollback(struct processor *p, bool all)
 }
 
 /*
- * Aborts the open transaction and rolls back. An abort that cannot finish (the
- * broker away for all the retries, or a fatal error) leaves the producer to be
- * replaced: the new one's init_transactions aborts what this one left open.
+ * Aborts the Kafka transaction (if one began) and rolls back all that is not
+ * committed. An abort that cannot finish (the broker away for all the
+ * retries, or a fatal error) leaves the producer to be replaced: the new
+ * one's init_transactions aborts what this one left open.
  */
-static int abort_cycle(struct processor *p)
+static int abort_now(struct processor *p)
 {
     int rc = 0;
-    for (int i = 0; !p->broken && i < COMMIT_RETRIES; i++) {
+    for (int i = 0; p->kafka_txn && !p->broken && i < COMMIT_RETRIES; i++) {
         rc = kafka_txn_abort(p->producer, TXN_TIMEOUT_MS);
         if (rc != KAFKA_ERR_RETRIABLE && rc != KAFKA_ERR_TIMEOUT)
             break;
@@ -498,14 +600,52 @@ static int abort_cycle(struct processor *p)
         p->broken = true;
     }
     p->txn_open = false;
+    p->kafka_txn = false;
     rollback(p, p->broken);
     LOG_WARN("transaction aborted: rewound to the committed offsets and state");
     return rc;
 }
 
+static int commit_wait(struct processor *p);
+
+/* Aborts the open cycle, once the commit in flight (if any) is done. */
+static int abort_cycle(struct processor *p)
+{
+    if (p->inflight) {
+        int rc = commit_wait(p);
+        if (!p->txn_open)
+            return rc; /* that commit failed: everything is rolled back already */
+    }
+    return abort_now(p);
+}
+
+/* Keeps an output for the next begin (txn_begin_deferred). */
+static int defer_output(struct processor *p, const char *topic, int32_t partition, const char *key,
+                        const void *value, size_t len, const char *traceparent)
+{
+    if (p->nout == p->out_cap) {
+        p->out_cap = p->out_cap ? p->out_cap * 2 : 64;
+        p->outq = xrealloc(p->outq, p->out_cap * sizeof(*p->outq));
+    }
+    struct deferred_out *o = &p->outq[p->nout++];
+    o->topic = topic;
+    o->partition = partition;
+    o->klen = strlen(key);
+    o->vlen = value ? len : 0;
+    o->tombstone = !value;
+    o->data = xmalloc(o->klen + 1 + o->vlen);
+    memcpy(o->data, key, o->klen + 1);
+    if (o->vlen)
+        memcpy(o->data + o->klen + 1, value, o->vlen);
+    str_copy(o->traceparent, traceparent ? traceparent : "", sizeof(o->traceparent));
+    return 0;
+}
+
 static int produce(struct processor *p, const char *topic, int32_t partition, const char *key,
                    const void *value, size_t len, const char *traceparent)
 {
+    if (!p->kafka_txn)
+        return defer_output(p, topic, partition, key, value, len, traceparent);
     struct kafka_header h = {"traceparent", traceparent, traceparent ? strlen(traceparent) : 0};
     int rc = kafka_producer_send(p->producer, topic, partition, key, strlen(key), value, len,
                                  traceparent ? &h : NULL, traceparent ? 1 : 0, NULL);
@@ -808,10 +948,14 @@ static void mirror_add(struct processor *p, const struct robot *r, bool del, int
     m->faults = (uint8_t)rules_faults_in_window(r, &p->set.rules);
 }
 
-/* Hands the staged items to the mirror thread (after a commit or a restore). */
-static void mirror_submit(struct processor *p)
+/*
+ * Hands staged items to the mirror thread (after a commit or a restore); the
+ * array may be swapped for the queue's.
+ */
+static void mirror_hand(struct processor *p, struct mirror_item **items, size_t *nitems,
+                        size_t *cap)
 {
-    if (p->nmirror == 0)
+    if (*nitems == 0)
         return;
     pthread_mutex_lock(&p->mq_mu);
     while (p->mq_n > MIRROR_QUEUE_MAX && p->mirror_running && !p->mirror_stop)
@@ -819,23 +963,28 @@ static void mirror_submit(struct processor *p)
     if (p->mq_n == 0) {
         /* swap: no copy in the common case */
         struct mirror_item *t = p->mq;
-        size_t cap = p->mq_cap;
-        p->mq = p->mirror;
-        p->mq_cap = p->mirror_cap;
-        p->mirror = t;
-        p->mirror_cap = cap;
-        p->mq_n = p->nmirror;
+        size_t c = p->mq_cap;
+        p->mq = *items;
+        p->mq_cap = *cap;
+        *items = t;
+        *cap = c;
+        p->mq_n = *nitems;
     } else {
-        if (p->mq_n + p->nmirror > p->mq_cap) {
-            p->mq_cap = (p->mq_n + p->nmirror) * 2;
+        if (p->mq_n + *nitems > p->mq_cap) {
+            p->mq_cap = (p->mq_n + *nitems) * 2;
             p->mq = xrealloc(p->mq, p->mq_cap * sizeof(*p->mq));
         }
-        memcpy(p->mq + p->mq_n, p->mirror, p->nmirror * sizeof(*p->mirror));
-        p->mq_n += p->nmirror;
+        memcpy(p->mq + p->mq_n, *items, *nitems * sizeof(**items));
+        p->mq_n += *nitems;
     }
     pthread_cond_signal(&p->mq_ready);
     pthread_mutex_unlock(&p->mq_mu);
-    p->nmirror = 0;
+    *nitems = 0;
+}
+
+static void mirror_submit(struct processor *p)
+{
+    mirror_hand(p, &p->mirror, &p->nmirror, &p->mirror_cap);
 }
 
 /* Only a newer version replaces the mirror, so a replay never moves it backwards. */
@@ -1021,52 +1170,227 @@ static void mirror_stop(struct processor *p)
     p->mirror_running = false;
 }
 
-/* Adds the consumer positions reached since the last commit to the transaction. */
-static int send_positions(struct processor *p)
+/*
+ * The committer thread's part, with nothing of the processor's but the
+ * hand-off: the handed-off cycle's positions go to its transaction (64
+ * partitions a request) and it commits. 0 or negative.
+ */
+static int commit_job(struct processor *p)
 {
-    struct kafka_partition parts[64];
-    int64_t offs[64];
-    size_t n = 0;
+    const struct handoff *h = &p->ho;
     int rc = 0;
-    for (int t = 0; t < NTOPICS && rc == 0; t++) {
-        for (size_t i = 0; i < p->npos && rc == 0; i++) {
-            struct position *ps = &p->pos[t][i];
-            if (!ps->assigned || ps->next < 0 || ps->next == ps->committed)
-                continue;
-            parts[n] = (struct kafka_partition){topic_names[t], (int32_t)i};
-            offs[n++] = ps->next;
-            if (n == 64) {
-                rc = kafka_txn_send_positions(p->producer, p->consumer, parts, offs, n,
-                                              TXN_TIMEOUT_MS);
-                n = 0;
-            }
-        }
+    for (size_t i = 0; i < h->nparts && rc == 0; i += 64) {
+        size_t n = h->nparts - i < 64 ? h->nparts - i : 64;
+        rc = kafka_txn_send_positions(p->producer, p->consumer, h->parts + i, h->offsets + i, n,
+                                      TXN_TIMEOUT_MS);
     }
-    if (rc == 0 && n > 0)
-        rc = kafka_txn_send_positions(p->producer, p->consumer, parts, offs, n, TXN_TIMEOUT_MS);
+    for (int i = 0; rc == 0 && i < COMMIT_RETRIES; i++) {
+        rc = kafka_txn_commit(p->producer, TXN_TIMEOUT_MS);
+        if (rc != KAFKA_ERR_RETRIABLE && rc != KAFKA_ERR_TIMEOUT)
+            break;
+        rc = 0; /* librdkafka: a timed-out commit may be retried */
+        if (i == COMMIT_RETRIES - 1)
+            rc = KAFKA_ERR_TIMEOUT;
+    }
     return rc;
 }
 
-/* Sends the offsets, produces the cycle's state outputs and commits. 0 or negative. */
+static void *committer_run(void *arg)
+{
+    struct processor *p = arg;
+    pthread_mutex_lock(&p->cm_mu);
+    for (;;) {
+        while (!p->cm_job && !p->cm_quit)
+            pthread_cond_wait(&p->cm_cond, &p->cm_mu);
+        if (!p->cm_job)
+            break;
+        pthread_mutex_unlock(&p->cm_mu);
+        int rc = commit_job(p);
+        pthread_mutex_lock(&p->cm_mu);
+        p->cm_job = false;
+        p->cm_rc = rc;
+        p->cm_done = true;
+        atomic_store(&p->cm_finished, true);
+        pthread_cond_broadcast(&p->cm_cond);
+    }
+    pthread_mutex_unlock(&p->cm_mu);
+    return NULL;
+}
+
+static int committer_start(struct processor *p)
+{
+    int rc = pthread_create(&p->committer, NULL, committer_run, p);
+    if (rc)
+        return -rc;
+    p->committer_running = true;
+    return 0;
+}
+
+/* After the processing thread ended: nothing is in flight any more. */
+static void committer_stop(struct processor *p)
+{
+    if (!p->committer_running)
+        return;
+    pthread_mutex_lock(&p->cm_mu);
+    p->cm_quit = true;
+    pthread_cond_broadcast(&p->cm_cond);
+    pthread_mutex_unlock(&p->cm_mu);
+    pthread_join(p->committer, NULL);
+    p->committer_running = false;
+}
+
+/*
+ * Begins the open cycle's transaction once the commit before it is done and
+ * produces the outputs that waited for it. 0, or negative after a rollback.
+ */
+static int txn_begin_deferred(struct processor *p)
+{
+    if (!p->txn_open || p->kafka_txn || p->inflight)
+        return 0;
+    int rc = txn_begin(p);
+    for (size_t i = 0; rc == 0 && i < p->nout; i++) {
+        const struct deferred_out *o = &p->outq[i];
+        rc =
+            produce(p, o->topic, o->partition, o->data, o->tombstone ? NULL : o->data + o->klen + 1,
+                    o->vlen, o->traceparent[0] ? o->traceparent : NULL);
+    }
+    outq_clear(p);
+    if (rc)
+        abort_now(p);
+    return rc;
+}
+
+/*
+ * Settles the commit the committer finished: on success the positions count
+ * as committed, robots deleted in that cycle (and not changed since) go, its
+ * mirror items go to Redis and the open cycle's transaction begins; on failure
+ * that cycle and the open one roll back together. 0 or negative.
+ */
+static int commit_finish(struct processor *p, int rc)
+{
+    struct handoff *h = &p->ho;
+    if (rc == KAFKA_ERR_FATAL)
+        producer_fatal(p, "commit_transaction");
+    p->inflight = false;
+    if (rc != 0 || p->broken || atomic_load(&p->failed)) {
+        p->kafka_txn = true; /* the failed cycle's transaction is the one to abort */
+        abort_now(p);        /* no abort call on a broken producer: the rollback only */
+        return rc ? rc : KAFKA_ERR_FATAL;
+    }
+    for (size_t i = 0; i < h->nparts; i++) {
+        struct position *ps = &p->pos[h->topics[i]][h->parts[i].partition];
+        if (ps->assigned)
+            ps->committed = h->offsets[i];
+    }
+    for (size_t i = 0; i < h->ngone; i++) {
+        struct robot *r = h->gone[i];
+        if ((r->flags & ROBOT_F_DELETED) && !(r->flags & ROBOT_F_DIRTY)) {
+            deadline_heap_remove(p->heap, r);
+            robot_table_remove(p->table, r);
+        }
+    }
+    h->nundo = 0;
+    h->ngone = 0;
+    h->nparts = 0;
+    metric_observe(p->m_commit, (double)(time_mono_ms() - h->started_ms) / 1000.0);
+    metric_add(p->m_commits, 1);
+    mirror_hand(p, &h->mirror, &h->nmirror, &h->mirror_cap);
+    return txn_begin_deferred(p);
+}
+
+/* Waits for the commit in flight, if any, and settles it. 0 or negative. */
+static int commit_wait(struct processor *p)
+{
+    if (!p->inflight)
+        return 0;
+    pthread_mutex_lock(&p->cm_mu);
+    while (!p->cm_done)
+        pthread_cond_wait(&p->cm_cond, &p->cm_mu);
+    p->cm_done = false;
+    atomic_store(&p->cm_finished, false);
+    int rc = p->cm_rc;
+    pthread_mutex_unlock(&p->cm_mu);
+    return commit_finish(p, rc);
+}
+
+/* Moves what the open cycle's commit needs into the hand-off (empty: nothing in flight). */
+static void handoff_fill(struct processor *p, int64_t started_ms)
+{
+    struct handoff *h = &p->ho;
+    size_t need = NTOPICS * p->npos;
+    if (need > h->parts_cap) {
+        h->parts_cap = need;
+        h->parts = xrealloc(h->parts, need * sizeof(*h->parts));
+        h->offsets = xrealloc(h->offsets, need * sizeof(*h->offsets));
+        h->topics = xrealloc(h->topics, need * sizeof(*h->topics));
+    }
+    h->nparts = 0;
+    for (int t = 0; t < NTOPICS; t++) {
+        for (size_t i = 0; i < p->npos; i++) {
+            const struct position *ps = &p->pos[t][i];
+            if (!ps->assigned || ps->next < 0 || ps->next == ps->committed)
+                continue;
+            h->parts[h->nparts] = (struct kafka_partition){topic_names[t], (int32_t)i};
+            h->offsets[h->nparts] = ps->next;
+            h->topics[h->nparts++] = t;
+        }
+    }
+    /* swaps, no copies: the open cycle starts with the other (empty) arrays */
+    struct undo *u = h->undo;
+    size_t ucap = h->undo_cap;
+    h->undo = p->undo;
+    h->undo_cap = p->undo_cap;
+    h->nundo = p->nundo;
+    p->undo = u;
+    p->undo_cap = ucap;
+    p->nundo = 0;
+    struct mirror_item *m = h->mirror;
+    size_t mcap = h->mirror_cap;
+    h->mirror = p->mirror;
+    h->mirror_cap = p->mirror_cap;
+    h->nmirror = p->nmirror;
+    p->mirror = m;
+    p->mirror_cap = mcap;
+    p->nmirror = 0;
+    h->ngone = 0;
+    for (size_t i = 0; i < p->ndirty; i++) {
+        struct robot *r = p->dirty[i];
+        if (r->flags & ROBOT_F_DELETED) {
+            if (h->ngone == h->gone_cap) {
+                h->gone_cap = h->gone_cap ? h->gone_cap * 2 : 64;
+                h->gone = xrealloc(h->gone, h->gone_cap * sizeof(*h->gone));
+            }
+            h->gone[h->ngone++] = r;
+            r->flags = ROBOT_F_DELETED; /* dropped when the commit is in, unless changed again */
+        } else {
+            r->flags = 0;
+        }
+    }
+    p->ndirty = 0;
+    h->opened_ms = p->cycle_start_ms;
+    h->started_ms = started_ms;
+}
+
+/*
+ * Ends the open cycle: produces each dirty robot's changelog record (and
+ * robot.state.v1 message if its derived state changed), then hands the
+ * positions and the commit to the committer thread and returns: the next
+ * cycle runs while the broker commits this one (commit_finish settles it).
+ * Waits first for the commit in flight, if any. 0 or negative.
+ */
 static int commit_cycle(struct processor *p)
 {
     uint8_t rec[CHANGELOG_MAX];
     char trace[TRACE_PARENT_LEN];
+    int rc = commit_wait(p);
+    if (rc || !p->txn_open)
+        return rc;
+    rc = txn_begin_deferred(p);
+    if (rc)
+        return rc;
     int64_t now = time_now_ms(), t0 = time_mono_ms();
-    struct buf cl;
-    int rc = 0;
-
-    if (!p->txn_open)
-        return 0;
-    /*
-     * Offsets first: their two round trips go out on an idle connection, rather
-     * than queueing behind the produce requests of the records below (a broker
-     * answers a connection's requests in order). The transaction commits both
-     * or neither whatever the order.
-     */
-    rc = send_positions(p);
+    struct buf *cl = &p->out_buf;
     trace_parent_new(trace); /* one trace for the cycle's changelog records */
-    buf_init(&cl, OUT_MAX_BYTES);
     for (size_t i = 0; i < p->ndirty && rc == 0; i++) {
         struct robot *r = p->dirty[i];
         if (r->flags & ROBOT_F_DELETED) {
@@ -1076,57 +1400,37 @@ static int commit_cycle(struct processor *p)
             mirror_add(p, r, true, now);
             continue;
         }
-        rc = produce_changelog(p, r, rec, &cl, trace);
-        if (rc == 0 && (r->flags & ROBOT_F_EMIT)) {
-            rc = produce_state(p, r, now, &cl);
-        }
+        rc = produce_changelog(p, r, rec, cl, trace);
+        if (rc == 0 && (r->flags & ROBOT_F_EMIT))
+            rc = produce_state(p, r, now, cl);
         if ((r->flags & ROBOT_F_EMIT) || now - r->mirrored_ms >= p->set.mirror_heartbeat_ms) {
             r->mirrored_ms = now;
             mirror_add(p, r, false, now);
         }
     }
-
-    buf_release(&cl);
-    for (int i = 0; rc == 0 && i < COMMIT_RETRIES; i++) {
-        rc = kafka_txn_commit(p->producer, TXN_TIMEOUT_MS);
-        if (rc != KAFKA_ERR_RETRIABLE && rc != KAFKA_ERR_TIMEOUT)
-            break;
-        rc = 0; /* librdkafka: a timed-out commit may be retried */
-        if (i == COMMIT_RETRIES - 1)
-            rc = KAFKA_ERR_TIMEOUT;
-    }
-    if (rc == KAFKA_ERR_FATAL)
-        producer_fatal(p, "commit_transaction");
-    if (p->broken || atomic_load(&p->failed)) {
-        p->nmirror = 0;
-        abort_cycle(p); /* no abort call on a broken producer: the rollback only */
-        return KAFKA_ERR_FATAL;
-    }
-    if (rc != 0) {
-        p->nmirror = 0;
-        abort_cycle(p);
+    if (rc == 0 && (p->broken || atomic_load(&p->failed)))
+        rc = KAFKA_ERR_FATAL;
+    if (rc) {
+        abort_now(p);
         return rc;
     }
+    handoff_fill(p, t0);
     p->txn_open = false;
-    for (int t = 0; t < NTOPICS; t++)
-        for (size_t i = 0; i < p->npos; i++)
-            if (p->pos[t][i].next >= 0)
-                p->pos[t][i].committed = p->pos[t][i].next;
-    for (size_t i = 0; i < p->ndirty; i++) {
-        struct robot *r = p->dirty[i];
-        if (r->flags & ROBOT_F_DELETED) {
-            deadline_heap_remove(p->heap, r);
-            robot_table_remove(p->table, r);
-        } else {
-            r->flags = 0;
-        }
-    }
-    p->nundo = 0; /* every robot with an undo record was dirty: flags are clear */
-    p->ndirty = 0;
-    metric_observe(p->m_commit, (double)(time_mono_ms() - t0) / 1000.0);
-    metric_add(p->m_commits, 1);
-    mirror_submit(p);
+    p->kafka_txn = false;
+    p->inflight = true;
+    pthread_mutex_lock(&p->cm_mu);
+    p->cm_job = true;
+    pthread_cond_broadcast(&p->cm_cond);
+    pthread_mutex_unlock(&p->cm_mu);
     return 0;
+}
+
+/* Ends the open cycle and waits until it committed (revocation, shutdown). */
+static int commit_sync(struct processor *p)
+{
+    int rc = commit_cycle(p);
+    int rc2 = commit_wait(p);
+    return rc ? rc : rc2;
 }
 
 /* ---- inputs ---- */
@@ -1841,6 +2145,7 @@ static void on_rebalance(void *ud, bool assigned, bool lost, const struct kafka_
     size_t ncomp = 0;
 
     pthread_mutex_lock(&p->mu);
+    commit_wait(p); /* the partitions of the commit in flight stay put until it is settled */
     for (size_t i = 0; i < nparts; i++) {
         if (strcmp(parts[i].topic, TOPIC_ROBOT_EVENTS) != 0)
             continue;
@@ -1876,7 +2181,7 @@ static void on_rebalance(void *ud, bool assigned, bool lost, const struct kafka_
             if (lost)
                 abort_cycle(p);
             else
-                commit_cycle(p);
+                commit_sync(p);
         }
         drop_partitions(p, parts, nparts);
         for (size_t i = 0; i < nparts; i++)
@@ -1974,13 +2279,24 @@ static struct kafka_producer *new_producer(struct processor *p, char *errbuf, si
     snprintf(expiry, sizeof(expiry), "%d", TXN_EXPIRY_MS);
     props[np++] = (struct kafka_prop){"transaction.timeout.ms", expiry};
     props[np++] = (struct kafka_prop){"linger.ms", "5"};
+    /* A cycle's first AddPartitionsToTxn/AddOffsetsToTxn often meets CONCURRENT_TRANSACTIONS
+     * (the broker still writes the last commit's markers): librdkafka 2.0 retries those after
+     * retry.backoff.ms, whose 100 ms default is a whole cycle. */
+    props[np++] = (struct kafka_prop){"retry.backoff.ms", "20"};
     /* the changelog and state records are JSON envelopes that compress several times */
     props[np++] = (struct kafka_prop){"compression.type", "lz4"};
     for (size_t i = 0; i < p->nprops && np < 80; i++)
         if (strcmp(p->props[i].name, "session.timeout.ms") != 0 &&
             strcmp(p->props[i].name, "heartbeat.interval.ms") != 0)
             props[np++] = p->props[i]; /* consumer-only: CONFWARN on a producer */
-    return kafka_producer_new(p->bootstrap, props, np, p->txn_id, NULL, errbuf, errsize);
+    struct kafka_producer *kp =
+        kafka_producer_new(p->bootstrap, props, np, p->txn_id, NULL, errbuf, errsize);
+    /* a topic's first record would otherwise wait for its metadata in the commit, up to 1 s */
+    const char *outputs[] = {TOPIC_SP_CHANGELOG, TOPIC_ROBOT_STATE, TOPIC_ROBOT_COMMANDS,
+                             TOPIC_ROBOT_EVENTS_DLQ};
+    if (kp)
+        kafka_producer_prepare(kp, outputs, sizeof(outputs) / sizeof(outputs[0]), 2000);
+    return kp;
 }
 
 /*
@@ -2033,8 +2349,10 @@ static int recover_producer(struct processor *p)
 {
     int64_t backoff_ms = 500;
     pthread_mutex_lock(&p->mu);
+    commit_wait(p);
     rollback(p, true);
     p->txn_open = false;
+    p->kafka_txn = false;
     struct kafka_producer *old = p->producer;
     p->producer = NULL;
     pthread_mutex_unlock(&p->mu);
@@ -2081,7 +2399,7 @@ static void *run(void *arg)
     atomic_store(&p->running, true);
     while (!atomic_load(&p->stop)) {
         refresh_settings(p);
-        int wait = 20;
+        int wait = p->inflight ? 5 : 20; /* a commit in flight: begin the next soon after */
         if (p->txn_open) {
             int64_t left = p->cycle_start_ms + p->set.cycle_ms - time_mono_ms();
             wait = left < 0 ? 0 : left < wait ? (int)left : wait;
@@ -2090,6 +2408,8 @@ static void *run(void *arg)
         if (!m)
             wake_fetcher(p); /* reads only what this thread writes: no lock */
         pthread_mutex_lock(&p->mu);
+        if (p->inflight && atomic_load(&p->cm_finished))
+            commit_wait(p); /* done: settle it and begin the open cycle's transaction */
         if (m) {
             if (kafka_msg_is_eof(m) || !kafka_msg_error(m))
                 p->last_read_ms = time_mono_ms();
@@ -2121,7 +2441,9 @@ static void *run(void *arg)
     }
     pthread_mutex_lock(&p->mu);
     if (p->txn_open && !atomic_load(&p->failed))
-        commit_cycle(p);
+        commit_sync(p);
+    else
+        commit_wait(p);
     pthread_mutex_unlock(&p->mu);
     /* Leaving the group revokes everything through on_rebalance on this thread. */
     kafka_consumer_free(p->consumer);
@@ -2245,6 +2567,9 @@ struct processor *processor_new(struct service *svc, char *errbuf, size_t errsiz
     pthread_mutex_init(&p->mq_mu, NULL);
     pthread_cond_init(&p->mq_ready, NULL);
     pthread_cond_init(&p->mq_drained, NULL);
+    pthread_mutex_init(&p->cm_mu, NULL);
+    pthread_cond_init(&p->cm_cond, NULL);
+    buf_init(&p->out_buf, OUT_MAX_BYTES);
     settings_read(c, &p->set);
     p->pending = p->set;
     p->table = robot_table_new();
@@ -2295,8 +2620,14 @@ int processor_start(struct processor *p)
     int rc = mirror_start(p);
     if (rc)
         return rc;
+    rc = committer_start(p);
+    if (rc) {
+        mirror_stop(p);
+        return rc;
+    }
     rc = pthread_create(&p->thread, NULL, run, p);
     if (rc) {
+        committer_stop(p);
         mirror_stop(p);
         return -rc;
     }
@@ -2324,6 +2655,7 @@ void processor_stop(void *ud)
     atomic_store(&p->stop, true);
     pthread_join(p->thread, NULL);
     p->started = false;
+    committer_stop(p);
     mirror_stop(p); /* after the last commit: its items reach Redis */
 }
 
@@ -2346,6 +2678,15 @@ void processor_free(struct processor *p)
         free(p->pos[t]);
     free(p->undo);
     free(p->dirty);
+    outq_clear(p);
+    free(p->outq);
+    free(p->ho.parts);
+    free(p->ho.offsets);
+    free(p->ho.topics);
+    free(p->ho.undo);
+    free(p->ho.gone);
+    free(p->ho.mirror);
+    buf_release(&p->out_buf);
     free(p->catchup);
     free(p->mirror);
     free(p->mq);
@@ -2353,6 +2694,8 @@ void processor_free(struct processor *p)
     pthread_cond_destroy(&p->mq_ready);
     pthread_cond_destroy(&p->mq_drained);
     pthread_mutex_destroy(&p->mq_mu);
+    pthread_cond_destroy(&p->cm_cond);
+    pthread_mutex_destroy(&p->cm_mu);
     pthread_mutex_destroy(&p->mu);
     pthread_mutex_destroy(&p->settings_mu);
     free(p);
