@@ -5,6 +5,7 @@
  * rules) and state.c (the per-robot records); this file wires the shared
  * runtime together: config, clients, routes, run, shutdown.
  */
+#include <malloc.h>
 #include <stdio.h>
 
 #include "log.h"
@@ -22,6 +23,12 @@ int main(int argc, char **argv)
     struct processor *sp = NULL;
     struct service_def d = def;
     d.nkeys = processor_config_nkeys;
+    /*
+     * Two malloc arenas, not one per thread: the processing thread allocates
+     * what librdkafka's threads free (and the reverse), and per-thread arenas
+     * keep that memory apart, ~10 % of the RSS at 100k robots for nothing.
+     */
+    mallopt(M_ARENA_MAX, 2);
 
     struct service *s = service_new(&d, argc, argv);
     if (!s)
