@@ -23,7 +23,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 BS = os.environ["KAFKA_BOOTSTRAP_SERVERS"]
 EVENTS = int(os.environ.get("BENCH_SP_EVENTS", "1000000"))
 ROBOTS = int(os.environ.get("BENCH_ROBOTS", "100000"))
-CYCLE_EVENTS = int(os.environ.get("BENCH_SP_CYCLE_EVENTS", "12000"))
+CYCLE_EVENTS = int(os.environ.get("BENCH_SP_CYCLE_EVENTS", "10000"))
 TOPIC = "robot.events.v1"
 CLK = os.sysconf("SC_CLK_TCK")
 
