@@ -393,7 +393,7 @@ int kafka_producer_prepare(struct kafka_producer *p, const char *const *topics, 
 
     if (!p || (ntopics > 0 && !topics))
         return -EINVAL;
-    for (size_t i = 0; i < ntopics && rc == 0; i++) {
+    for (size_t i = 0; i < ntopics; i++) {
         const struct rd_kafka_metadata *md = NULL;
         rd_kafka_topic_t *rkt = rd_kafka_topic_new(p->rk, topics[i], NULL);
         if (!rkt)
@@ -1009,7 +1009,6 @@ static int topics_result(rd_kafka_event_t *ev, char *errbuf, size_t errsize)
                     rd_kafka_topic_result_name(results[i]),
                     rd_kafka_topic_result_error_string(results[i]));
             rc = err_code(err);
-            break; /* the broker is likely away: the rest would wait as long */
         }
     }
     return rc;

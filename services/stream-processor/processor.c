@@ -369,10 +369,6 @@ static void settings_read(const struct cfg *c, struct settings *s)
     s->mirror_heartbeat_ms = cfg_get_int(c, "stream.mirror_heartbeat_s") * 1000;
 }
 
-/*
- * Whether a fence is the coordinator expiring our own open transaction (see
- * the top of the file), and may be recovered once more.
- */
 /* Monotonic start of the oldest transaction not committed yet, 0 = none. */
 static int64_t oldest_open_ms(const struct processor *p)
 {
@@ -381,6 +377,10 @@ static int64_t oldest_open_ms(const struct processor *p)
     return p->kafka_txn ? p->cycle_start_ms : 0;
 }
 
+/*
+ * Whether a fence is the coordinator expiring our own open transaction (see
+ * the top of the file), and may be recovered once more.
+ */
 static bool fence_expired_txn(struct processor *p)
 {
     int64_t mono = time_mono_ms(), since = oldest_open_ms(p);
