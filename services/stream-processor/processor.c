@@ -31,6 +31,25 @@
  * (commit_finish). Rebalances, shutdown and producer replacement wait for the
  * commit in flight first.
  *
+ * Heartbeat checkpoints. A change made only by heartbeats (no derived state
+ * change, no request) is not written to the changelog at once: the robot
+ * joins its events partition's queue of unsaved robots (struct unsaved_q) and
+ * its record goes out once its oldest unsaved heartbeat is
+ * stream.changelog_heartbeat_s old (unsaved_due), with any other change of
+ * the robot, or when the partition is flushed. Meanwhile the offset committed
+ * for that partition stays at the oldest unsaved heartbeat (events_target),
+ * so a restart, a rebalance or an abort replays them. Each robot keeps the
+ * events offset of the last event it applied (saved in its record), and an
+ * event at or below it is skipped (stream_replayed_events_total): the replay
+ * applies exactly what the changelog lacks, in the same order, with the same
+ * versions. Outputs of a replayed range are never made twice: a request or a
+ * state change saves the robot with it (its offset passes the event); a dead
+ * letter of an events partition, and a robot deleted by the registry (whose
+ * older heartbeats a replay would bring back), flush the partition in the same
+ * transaction. Revocation and shutdown flush what they give away. Most input
+ * is heartbeats of robots already online: at 100k robots this writes one
+ * record per robot per few seconds instead of ~0.9 records per event.
+ *
  * Abortable error: abort, put every pre-image back, seek each partition back
  * to its committed position. Fatal: fenced (an
  * instance with the same transactional id took over), stop and exit non-zero;
@@ -146,6 +165,10 @@ const struct cfg_key processor_config_keys[] = {
      "whether robots the registry has not described may be rebooted automatically"},
     {"stream.mirror_heartbeat_s", CFG_INT, "10", 0, 3600, true, NULL,
      "heartbeat-only changes reach the Redis mirror at most this often per robot (0 = always)"},
+    {"stream.changelog_heartbeat_s", CFG_INT, "2", 0, 300, true, NULL,
+     "heartbeat-only changes reach the changelog at most this often per robot (0 = every "
+     "cycle); the committed robot.events.v1 offset waits for them, so a restart replays up to "
+     "this much"},
     {"stream.group_id", CFG_STRING, "stream-processor", 1, 200, false, "STREAM_GROUP_ID",
      "consumer group of the instances"},
     {"stream.instance_id", CFG_STRING, "", 0, INSTANCE_MAX, false, "STREAM_INSTANCE_ID",
@@ -161,6 +184,7 @@ struct settings {
     int64_t cycle_ms;
     int64_t cycle_max_events;
     int64_t mirror_heartbeat_ms;
+    int64_t changelog_heartbeat_ms;
 };
 
 struct position {
@@ -174,6 +198,24 @@ struct undo {
     struct robot *r;
     bool created;
     struct robot saved;
+};
+
+/*
+ * The robots of one events partition whose heartbeats are not in the changelog
+ * yet (see "Heartbeat checkpoints" at the top), in the order they got unsaved.
+ * An entry is stale once the robot's record was written (r->unsaved no longer
+ * names its offset); stale entries are dropped as they reach the head.
+ */
+struct unsaved_ent {
+    struct robot *r;
+    int64_t offset;   /* of the robot's first heartbeat not saved */
+    int64_t since_ms; /* monotonic: when that heartbeat was applied */
+};
+
+struct unsaved_q {
+    struct unsaved_ent *e;
+    size_t head, n, cap;
+    bool flush; /* save all of them in the open cycle */
 };
 
 /* An output made while the previous cycle's commit is in flight: produced at the next begin. */
@@ -278,6 +320,7 @@ struct processor {
     struct robot_table *table;
     struct deadline_heap *heap;
     struct position *pos[NTOPICS];
+    struct unsaved_q *uq; /* by events partition, npos of them */
     size_t npos;
     struct undo *undo;
     size_t nundo, undo_cap;
@@ -317,9 +360,10 @@ struct processor {
     bool fetch_ok;   /* no consumer error since the last sign that the broker answers */
     bool await_flow; /* since the broker came back, no event was read yet */
     int64_t next_ping_ms;
-    int64_t next_wake_ms; /* earliest next wake_fetcher round trip */
-    size_t wake_next;     /* the events partition wake_fetcher looks at first */
-    int64_t last_read_ms; /* monotonic: the consumer's last message or partition end */
+    int64_t next_wake_ms;    /* earliest next wake_fetcher round trip */
+    int64_t next_unsaved_ms; /* next look for due heartbeat checkpoints while idle */
+    size_t wake_next;        /* the events partition wake_fetcher looks at first */
+    int64_t last_read_ms;    /* monotonic: the consumer's last message or partition end */
     int pings_ok;
     int8_t *catchup; /* by partition, within one fire_timers: 0 unknown, 1 caught up, 2 lagging */
     size_t catchup_cap;
@@ -338,6 +382,7 @@ struct processor {
     struct metric *m_events, *m_late, *m_dupes, *m_dlq, *m_commit, *m_commits, *m_aborts;
     struct metric *m_robots, *m_state_bytes, *m_by_status, *m_timers, *m_lag, *m_requests;
     struct metric *m_suppressed, *m_restored, *m_mirror_errors, *m_deferred, *m_wakes;
+    struct metric *m_replayed;
     struct metric_series *s_events[EVENT_KIND_COUNT + 2];
     int64_t next_gauges_ms;
 
@@ -367,6 +412,7 @@ static void settings_read(const struct cfg *c, struct settings *s)
     s->cycle_ms = cfg_get_int(c, "stream.cycle_ms");
     s->cycle_max_events = cfg_get_int(c, "stream.cycle_max_events");
     s->mirror_heartbeat_ms = cfg_get_int(c, "stream.mirror_heartbeat_s") * 1000;
+    s->changelog_heartbeat_ms = cfg_get_int(c, "stream.changelog_heartbeat_s") * 1000;
 }
 
 /* Monotonic start of the oldest transaction not committed yet, 0 = none. */
@@ -432,6 +478,8 @@ static struct position *position_of(struct processor *p, int t, int32_t partitio
             for (size_t j = p->npos; j < n; j++)
                 p->pos[i][j] = (struct position){false, -1, -1, -1};
         }
+        p->uq = xrealloc(p->uq, n * sizeof(*p->uq));
+        memset(p->uq + p->npos, 0, (n - p->npos) * sizeof(*p->uq));
         p->npos = n;
     }
     return &p->pos[t][partition];
@@ -479,8 +527,12 @@ static int txn_ensure(struct processor *p)
     return 0;
 }
 
-/* Saves r's pre-image once per transaction and marks it dirty. */
-static void touch(struct processor *p, struct robot *r, bool created)
+/*
+ * Saves r's pre-image once per transaction and marks it dirty; its changelog
+ * record goes into the cycle unless the change is light (heartbeats only, see
+ * apply_event).
+ */
+static void touch_as(struct processor *p, struct robot *r, bool created, bool light)
 {
     if (!(r->flags & ROBOT_F_UNDO)) {
         if (p->nundo == p->undo_cap) {
@@ -501,6 +553,128 @@ static void touch(struct processor *p, struct robot *r, bool created)
         p->dirty[p->ndirty++] = r;
         r->flags |= ROBOT_F_DIRTY;
     }
+    if (!light)
+        r->flags |= ROBOT_F_SAVE;
+}
+
+static void touch(struct processor *p, struct robot *r, bool created)
+{
+    touch_as(p, r, created, false);
+}
+
+/* ---- heartbeat checkpoints (see the top of the file) ---- */
+
+/* r's heartbeat at offset is applied and not saved: r joins its partition's queue. */
+static void unsaved_push(struct processor *p, struct robot *r, int64_t offset, int64_t mono)
+{
+    struct unsaved_q *q = &p->uq[r->partition];
+    if (q->n == q->cap && q->head > 0) {
+        memmove(q->e, q->e + q->head, (q->n - q->head) * sizeof(*q->e));
+        q->n -= q->head;
+        q->head = 0;
+    }
+    if (q->n == q->cap) {
+        q->cap = q->cap ? q->cap * 2 : 1024;
+        q->e = xrealloc(q->e, q->cap * sizeof(*q->e));
+    }
+    q->e[q->n++] = (struct unsaved_ent){r, offset, mono};
+    r->unsaved = offset + 1;
+}
+
+/* The queue's oldest live entry (dropping stale ones), or NULL. */
+static const struct unsaved_ent *unsaved_head(struct unsaved_q *q)
+{
+    while (q->head < q->n && q->e[q->head].r->unsaved != q->e[q->head].offset + 1)
+        q->head++;
+    if (q->head == q->n) {
+        q->head = q->n = 0;
+        return NULL;
+    }
+    return &q->e[q->head];
+}
+
+/* Whether a partition's queue has robots to save now (unsaved_due would touch one). */
+static bool unsaved_pending(struct processor *p, int64_t mono)
+{
+    for (size_t i = 0; i < p->npos; i++) {
+        const struct unsaved_ent *e = unsaved_head(&p->uq[i]);
+        if (e && (p->uq[i].flush || mono - e->since_ms >= p->set.changelog_heartbeat_ms))
+            return true;
+    }
+    return false;
+}
+
+/*
+ * In the open cycle, before its records are staged: marks for saving the
+ * robots whose oldest unsaved heartbeat waited changelog_heartbeat_s, and all
+ * of a partition's when it is to be flushed.
+ */
+static void unsaved_due(struct processor *p, int64_t mono)
+{
+    for (size_t i = 0; i < p->npos; i++) {
+        struct unsaved_q *q = &p->uq[i];
+        const struct unsaved_ent *e;
+        while ((e = unsaved_head(q)) &&
+               (q->flush || mono - e->since_ms >= p->set.changelog_heartbeat_ms)) {
+            touch(p, e->r, false);
+            q->head++;
+        }
+        q->flush = false;
+    }
+}
+
+/* Flushes the queues of the given events partitions in the open cycle (opened if needed). */
+static void unsaved_flush(struct processor *p, const struct kafka_partition *parts, size_t n)
+{
+    bool any = false;
+    for (size_t i = 0; i < n; i++) {
+        if (parts && strcmp(parts[i].topic, TOPIC_ROBOT_EVENTS) != 0)
+            continue;
+        size_t k = parts ? (size_t)parts[i].partition : i;
+        if (k < p->npos && unsaved_head(&p->uq[k])) {
+            p->uq[k].flush = true;
+            any = true;
+        }
+    }
+    if (any && !p->txn_open)
+        txn_ensure(p);
+}
+
+static void unsaved_clear(struct processor *p, size_t partition)
+{
+    if (partition < p->npos) {
+        p->uq[partition].head = p->uq[partition].n = 0;
+        p->uq[partition].flush = false;
+    }
+}
+
+static void unsaved_collect(void *ud, struct robot *r)
+{
+    struct processor *p = ud;
+    if (r->unsaved && r->partition >= 0 && (size_t)r->partition < p->npos) {
+        unsaved_push(p, r, r->unsaved - 1, 0);
+        p->uq[r->partition].flush = true;
+    }
+}
+
+/*
+ * After a rollback: the queues may name robots the undo removed, and the
+ * robots' unsaved offsets went back. Rebuilt from the table, all flushed at
+ * the next commit (the replay adds entries out of offset order meanwhile).
+ */
+static void unsaved_rebuild(struct processor *p)
+{
+    for (size_t i = 0; i < p->npos; i++)
+        unsaved_clear(p, i);
+    robot_table_foreach(p->table, unsaved_collect, p);
+}
+
+/* The offset to commit for events partition i: its first heartbeat not saved, if any. */
+static int64_t events_target(struct processor *p, size_t i)
+{
+    const struct unsaved_ent *e = unsaved_head(&p->uq[i]);
+    int64_t next = p->pos[T_EVENTS][i].next;
+    return e && e->offset < next ? e->offset : next;
 }
 
 struct derived {
@@ -579,6 +753,7 @@ static void rollback(struct processor *p, bool all)
 {
     undo_apply(p, p->undo, p->nundo);
     undo_apply(p, p->ho.undo, p->ho.nundo);
+    unsaved_rebuild(p);
     p->nundo = 0;
     p->ndirty = 0;
     p->nmirror = 0;
@@ -1387,10 +1562,13 @@ static void handoff_fill(struct processor *p, int64_t started_ms)
     for (int t = 0; t < NTOPICS; t++) {
         for (size_t i = 0; i < p->npos; i++) {
             const struct position *ps = &p->pos[t][i];
-            if (!ps->assigned || ps->next < 0 || ps->next == ps->committed)
+            if (!ps->assigned || ps->next < 0)
+                continue;
+            int64_t to = t == T_EVENTS ? events_target(p, i) : ps->next;
+            if (to <= ps->committed)
                 continue;
             h->parts[h->nparts] = (struct kafka_partition){topic_names[t], (int32_t)i};
-            h->offsets[h->nparts] = ps->next;
+            h->offsets[h->nparts] = to;
             h->topics[h->nparts++] = t;
         }
     }
@@ -1471,6 +1649,7 @@ static int commit_cycle(struct processor *p)
     if (rc)
         return rc;
     int64_t now = time_now_ms(), t0 = time_mono_ms();
+    unsaved_due(p, t0);
     h->nitems = 0;
     h->arena_len = 0;
     for (size_t i = 0; i < p->ndirty && rc == 0; i++) {
@@ -1480,7 +1659,10 @@ static int commit_cycle(struct processor *p)
             mirror_add(p, r, true, now);
             continue;
         }
-        item_add(h, CL_RECORD, r, rec, changelog_encode(r, rec));
+        if (r->flags & (ROBOT_F_SAVE | ROBOT_F_EMIT)) {
+            item_add(h, CL_RECORD, r, rec, changelog_encode(r, rec));
+            r->unsaved = 0;
+        }
         if (r->flags & ROBOT_F_EMIT) {
             rc = state_event(p, r, now, &p->out_buf);
             if (rc == 0)
@@ -1572,18 +1754,26 @@ static const char *robot_id_of(const struct cloudevent *ev, const struct kafka_m
     return *len <= ROBOT_ID_MAX ? ev->subject : NULL;
 }
 
-static struct robot *robot_for(struct processor *p, const char *id, size_t len, int32_t partition)
+/* The robot of id (r: its table entry, NULL if none), created if new, touched (light: see
+ * touch_as). */
+static struct robot *robot_found(struct processor *p, struct robot *r, const char *id, size_t len,
+                                 int32_t partition, bool light)
 {
-    struct robot *r = robot_table_get(p->table, id, len);
     if (r) {
-        touch(p, r, false);
+        touch_as(p, r, false, light);
         if (r->flags & ROBOT_F_DELETED)
             r->flags &= (uint8_t)~ROBOT_F_DELETED;
         return r;
     }
     r = robot_table_add(p->table, id, len, partition);
-    touch(p, r, true);
+    touch_as(p, r, true, light);
     return r;
+}
+
+static struct robot *robot_for(struct processor *p, const char *id, size_t len, int32_t partition,
+                               bool light)
+{
+    return robot_found(p, robot_table_get(p->table, id, len), id, len, partition, light);
 }
 
 /*
@@ -1649,6 +1839,10 @@ static int apply_event(struct processor *p, const struct kafka_msg *m, const cha
 
     struct robot *r = robot_table_get(p->table, id, len);
     if (r && !(r->flags & ROBOT_F_DELETED)) {
+        if (kafka_msg_offset(m) <= r->last_offset) {
+            metric_add(p->m_replayed, 1); /* in the state already: a replay */
+            return 0;
+        }
         enum rules_check c = rules_check_event(r, re, &p->set.rules);
         if (c == RULES_DUPLICATE) {
             metric_add(p->m_dupes, 1);
@@ -1662,13 +1856,20 @@ static int apply_event(struct processor *p, const struct kafka_msg *m, const cha
     int rc = txn_ensure(p);
     if (rc)
         return rc;
-    r = robot_for(p, id, len, kafka_msg_partition(m));
+    bool light = re->kind == EVENT_HEARTBEAT && p->set.changelog_heartbeat_ms > 0;
+    r = robot_found(p, r, id, len, kafka_msg_partition(m), light);
     struct derived before = derive(p, r, now);
     struct rules_request req = {0};
     rules_apply_event(r, re, &p->set.rules, now, &req);
     r->last_offset = kafka_msg_offset(m);
     changed(p, r, before, now);
     arm(p, r);
+    if (light && !(r->flags & ROBOT_F_SAVE)) {
+        if ((r->flags & ROBOT_F_EMIT) || req.reason != REASON_NONE)
+            r->flags |= ROBOT_F_SAVE; /* more than a heartbeat: saved with its outputs */
+        else if (!r->unsaved)
+            unsaved_push(p, r, r->last_offset, time_mono_ms());
+    }
     if (req.suppressed) {
         const char *labels[] = {request_reason_name(req.suppressed_reason), req.suppressed};
         metric_series_add(metric_series(p->m_suppressed, labels), 1);
@@ -1750,7 +1951,7 @@ static int handle_status(struct processor *p, const struct kafka_msg *m, const c
     int rc = txn_ensure(p);
     if (rc)
         return rc;
-    struct robot *r = robot_for(p, id, len, kafka_msg_partition(m));
+    struct robot *r = robot_for(p, id, len, kafka_msg_partition(m), false);
     struct derived before = derive(p, r, now);
     rules_apply_command_status(r, state, now);
     changed(p, r, before, now);
@@ -1794,7 +1995,7 @@ static int handle_registry(struct processor *p, const struct kafka_msg *m, const
     int rc = txn_ensure(p);
     if (rc)
         return rc;
-    r = robot_for(p, id, len, kafka_msg_partition(m));
+    r = robot_for(p, id, len, kafka_msg_partition(m), false);
     struct derived before = derive(p, r, now);
     if (upsert) {
         const cJSON *data = cJSON_GetObjectItemCaseSensitive(root, "data");
@@ -1809,7 +2010,11 @@ static int handle_registry(struct processor *p, const struct kafka_msg *m, const
         changed(p, r, before, now);
         return 0;
     }
-    /* Deleted: forget everything now; tombstones go out at commit. */
+    /* Deleted: forget everything now; tombstones go out at commit. Its heartbeats before this
+     * must never be replayed (they would bring it back): the partition's unsaved robots are saved
+     * with the tombstone, so the committed events offset passes them. */
+    if ((size_t)r->partition < p->npos)
+        p->uq[r->partition].flush = true;
     deadline_heap_remove(p->heap, r);
     struct robot fresh = {.id = r->id,
                           .partition = r->partition,
@@ -1865,6 +2070,9 @@ static void handle_message(struct processor *p, struct kafka_msg *m, int t, int6
         if (txn_ensure(p) != 0)
             return;
         rc = dead_letter(p, m, error, msg_parent(m, parent));
+        /* a replay would send it again: the committed events offset must pass it */
+        if (t == T_EVENTS && (size_t)part < p->npos)
+            p->uq[part].flush = true;
     }
     if (rc && p->txn_open) {
         abort_cycle(p);
@@ -2170,6 +2378,7 @@ static int restore(struct processor *p, const struct kafka_partition *parts, siz
                         *r = saved;
                 } else {
                     r->partition = part;
+                    r->unsaved = 0;
                 }
             }
         }
@@ -2214,9 +2423,11 @@ static void drop_partitions(struct processor *p, const struct kafka_partition *p
 {
     struct drop_ctx c = {.gone = NULL};
     bool *gone = xcalloc(p->npos + 1, sizeof(*gone));
-    for (size_t i = 0; i < n; i++)
+    for (size_t i = 0; i < n; i++) {
         if ((size_t)parts[i].partition < p->npos)
             gone[parts[i].partition] = true;
+        unsaved_clear(p, (size_t)parts[i].partition);
+    }
     c.gone = gone;
     c.ngone = p->npos;
     robot_table_foreach(p->table, collect_gone, &c);
@@ -2248,8 +2459,10 @@ static void on_rebalance(void *ud, bool assigned, bool lost, const struct kafka_
     }
     if (assigned) {
         LOG_INFO("assigned %zu partitions of %s", nparts, TOPIC_ROBOT_EVENTS);
-        for (size_t i = 0; i < nparts; i++)
+        for (size_t i = 0; i < nparts; i++) {
             position_of(p, T_EVENTS, parts[i].partition);
+            unsaved_clear(p, (size_t)parts[i].partition);
+        }
         bool stopping = atomic_load(&p->stop);
         int rc = restore(p, parts, nparts);
         /* Interrupted by our own shutdown: nothing failed, the next owner restores. */
@@ -2269,6 +2482,8 @@ static void on_rebalance(void *ud, bool assigned, bool lost, const struct kafka_
             LOG_ERROR("cannot assign the command-status and registry partitions");
     } else {
         LOG_INFO("%s %zu partitions of %s", lost ? "lost" : "revoked", nparts, TOPIC_ROBOT_EVENTS);
+        if (!lost && !atomic_load(&p->failed))
+            unsaved_flush(p, parts, nparts); /* the next owner starts at their end */
         if (p->txn_open) {
             if (lost)
                 abort_cycle(p);
@@ -2370,11 +2585,11 @@ static struct kafka_producer *new_producer(struct processor *p, char *errbuf, si
     char expiry[24];
     snprintf(expiry, sizeof(expiry), "%d", TXN_EXPIRY_MS);
     props[np++] = (struct kafka_prop){"transaction.timeout.ms", expiry};
-    props[np++] = (struct kafka_prop){"linger.ms", "5"};
+    props[np++] = (struct kafka_prop){"linger.ms", "1"};
     /* A cycle's first AddPartitionsToTxn/AddOffsetsToTxn often meets CONCURRENT_TRANSACTIONS
      * (the broker still writes the last commit's markers): librdkafka 2.0 retries those after
      * retry.backoff.ms, whose 100 ms default is a whole cycle. */
-    props[np++] = (struct kafka_prop){"retry.backoff.ms", "20"};
+    props[np++] = (struct kafka_prop){"retry.backoff.ms", "5"};
     /* the changelog and state records are JSON envelopes that compress several times */
     props[np++] = (struct kafka_prop){"compression.type", "lz4"};
     for (size_t i = 0; i < p->nprops && np < 80; i++)
@@ -2523,6 +2738,11 @@ static void *run(void *arg)
             kafka_msg_free(m);
         }
         fire_timers(p, now);
+        if (!p->txn_open && !p->inflight && mono >= p->next_unsaved_ms) {
+            p->next_unsaved_ms = mono + 100; /* quiet: heartbeats due for the changelog */
+            if (unsaved_pending(p, mono))
+                txn_ensure(p);
+        }
         if (p->txn_open && (p->cycle_events >= p->set.cycle_max_events ||
                             mono - p->cycle_start_ms >= p->set.cycle_ms))
             commit_cycle(p);
@@ -2535,6 +2755,8 @@ static void *run(void *arg)
         }
     }
     pthread_mutex_lock(&p->mu);
+    if (!atomic_load(&p->failed))
+        unsaved_flush(p, NULL, p->npos); /* a restart need not replay */
     if (p->txn_open && !atomic_load(&p->failed))
         commit_sync(p);
     else
@@ -2615,6 +2837,10 @@ static void register_metrics(struct processor *p, struct metrics *m)
                                 "Events older than allowed_lateness_s, ignored", 0, NULL);
     p->m_dupes = metrics_counter(m, "stream_duplicate_events_total",
                                  "Events whose CloudEvent id was already applied", 0, NULL);
+    p->m_replayed = metrics_counter(
+        m, "stream_replayed_events_total",
+        "Events read again that the state already holds (replay after a restart or abort)", 0,
+        NULL);
     p->m_dlq = metrics_counter(m, "stream_dead_letters_total", "Poison messages sent to the DLQ", 1,
                                topic);
     p->m_commit =
@@ -2773,6 +2999,9 @@ void processor_free(struct processor *p)
     deadline_heap_free(p->heap);
     for (int t = 0; t < NTOPICS; t++)
         free(p->pos[t]);
+    for (size_t i = 0; i < p->npos; i++)
+        free(p->uq[i].e);
+    free(p->uq);
     free(p->undo);
     free(p->dirty);
     outq_clear(p);

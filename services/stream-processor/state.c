@@ -68,10 +68,8 @@ void robot_table_free(struct robot_table *t)
     if (!t)
         return;
     for (size_t i = 0; i < t->nslots; i++) {
-        if (t->slots[i]) {
-            free(t->slots[i]->id);
+        if (t->slots[i])
             free(t->slots[i]);
-        }
     }
     free(t->slots);
     free(t);
@@ -123,8 +121,10 @@ struct robot *robot_table_add(struct robot_table *t, const char *id, size_t idle
 {
     if ((t->count + 1) * 2 > t->nslots)
         table_grow(t);
-    struct robot *r = xcalloc(1, sizeof(*r));
-    r->id = xstrndup(id, idlen);
+    /* the id lives right after the record: one allocation, one cache miss less per lookup */
+    struct robot *r = xcalloc(1, sizeof(*r) + idlen + 1);
+    r->id = (char *)(r + 1);
+    memcpy(r->id, id, idlen);
     r->partition = partition;
     r->heap_idx = HEAP_NONE;
     r->last_offset = -1;
@@ -154,7 +154,6 @@ void robot_table_remove(struct robot_table *t, struct robot *r)
     t->slots[hole] = NULL;
     t->count--;
     t->id_bytes -= strlen(r->id) + 1;
-    free(r->id);
     free(r);
 }
 

@@ -57,6 +57,8 @@ struct robot {
     int64_t heap_key;    /* deadline the heap orders by (not saved) */
     int64_t grace_ms;    /* no offline before this: set on restore and rollback (not saved) */
     int64_t last_offset; /* robot.events.v1 offset of the last event applied, -1 */
+    int64_t unsaved;     /* 1 + offset of its first heartbeat not in the changelog, 0 = none
+                            (not saved) */
     uint64_t version;    /* +1 per change; guards the Redis mirror */
     uint64_t dedupe[DEDUPE_SLOTS];
     uint32_t heap_idx; /* HEAP_NONE when no deadline is armed (not saved) */
@@ -74,6 +76,7 @@ struct robot {
 #define ROBOT_F_EMIT    0x02 /* derived state changed: robot.state.v1 at commit */
 #define ROBOT_F_DELETED 0x04 /* tombstones at commit */
 #define ROBOT_F_UNDO    0x08 /* has an undo record in the open transaction */
+#define ROBOT_F_SAVE    0x10 /* its changelog record goes into the open transaction */
 
 #define STATE_ROBOT_BYTES sizeof(struct robot)
 

@@ -13,11 +13,11 @@ import uuid
 
 import pytest
 import redis
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from conftest import wait_for
-from sp_helpers import (DLQ, STATE, T0, Feed, commands_for, kill_started, metric, ms, read_topic,
-                        start_sp, state, wait_assigned)
+from sp_helpers import (DLQ, EVENTS, STATE, T0, Feed, commands_for, iso, kill_started, metric, ms,
+                        read_topic, start_sp, state, wait_assigned)
 
 
 def uid(prefix):
@@ -324,6 +324,114 @@ def test_crash_consistency_under_kill_9(exclusive, infra, tmp_path, feed):
     assert last.stop() == 0
 
 
+def committed(group, parts):
+    """The group's committed robot.events.v1 offsets of these partitions."""
+    c = Consumer({"bootstrap.servers": os.environ["KAFKA_BOOTSTRAP_SERVERS"], "group.id": group,
+                  "enable.auto.commit": False})
+    try:
+        got = c.committed([TopicPartition(EVENTS, p) for p in sorted(parts)], timeout=10)
+        return {tp.partition: tp.offset for tp in got}
+    finally:
+        c.close()
+
+
+def kill9(p):
+    p.proc.send_signal(signal.SIGKILL)
+    p.proc.wait()
+    p.log.close()
+
+
+def test_heartbeat_checkpoints_hold_the_offset_and_replay_exactly(exclusive, infra, tmp_path,
+                                                                   feed):
+    """Heartbeat-only changes wait up to changelog_heartbeat_s for the changelog;
+    the committed offset waits for them, so kill -9 loses nothing: the restart
+    replays them (same heartbeat, same version); SIGTERM saves them."""
+    group, instance = uid("sp-ckpt"), uid("ckpt")
+    kw = dict(group=group, instance=instance, changelog_heartbeat_s=300, offline_after_s=60)
+    p = start_sp(tmp_path, infra, name="ckpt", **kw)
+    p.wait_ready()
+    wait_assigned(p)
+    robots = [uid(f"ckpt{i}") for i in range(6)]
+    base = time.time()
+    for k in range(3):  # the first makes the robot online (saved), the others only beat
+        for rb in robots:
+            feed.event(rb, "robot.heartbeat", base + k, flush=False)
+        feed.p.flush(10)
+        if k == 0:
+            wait_for(lambda: all(state(p, rb)[1].get("status") == "online" for rb in robots), 10,
+                     "robots online")
+            time.sleep(0.5)  # that change committed: the next beats are heartbeats only
+    want = {rb: iso(base + 2) for rb in robots}
+    wait_for(lambda: {rb: state(p, rb)[1].get("last_heartbeat_at") for rb in robots} == want, 10,
+             "the last heartbeats applied")
+    versions = {rb: state(p, rb)[1]["version"] for rb in robots}
+    time.sleep(1)  # several commits
+    msgs = read_topic(EVENTS, set(robots))
+    second = {}  # by partition: offset of the earliest second heartbeat
+    for m in msgs:
+        if m["value"]["time"] == iso(base + 1):
+            second[m["partition"]] = min(second.get(m["partition"], 1 << 62), m["offset"])
+    held = committed(group, second)
+    assert all(0 <= held[q] <= second[q] for q in second), (held, second)
+    kill9(p)
+
+    p2 = start_sp(tmp_path, infra, name="ckpt", **kw)
+    p2.wait_ready()
+    wait_assigned(p2)
+    wait_for(lambda: all(state(p2, rb)[0] == 200 for rb in robots), 20, "robots back")
+    wait_for(lambda: {rb: state(p2, rb)[1].get("last_heartbeat_at") for rb in robots} == want, 20,
+             "the unsaved heartbeats replayed")
+    assert {rb: state(p2, rb)[1]["version"] for rb in robots} == versions
+    assert p2.stop() == 0  # SIGTERM: the unsaved heartbeats go to the changelog
+    last = {}
+    for m in msgs:
+        last[m["partition"]] = max(last.get(m["partition"], -1), m["offset"])
+    after = committed(group, last)
+    assert all(after[q] > last[q] for q in last), (after, last)
+
+
+def test_replay_after_kill_9_neither_resends_dead_letters_nor_revives_deleted_robots(
+        exclusive, infra, tmp_path, feed):
+    group, instance = uid("sp-rp"), uid("rp")
+    kw = dict(group=group, instance=instance, changelog_heartbeat_s=300, offline_after_s=60)
+    p = start_sp(tmp_path, infra, name="rp", **kw)
+    p.wait_ready()
+    wait_assigned(p)
+    gone, poison, beat = uid("gone"), uid("poison"), uid("beat")
+    # robots whose unsaved heartbeats come before gone's in its partition (most likely one
+    # shares it): without the flush at the deletion, a replay would pass gone's second beat
+    others = [uid(f"hold{i}") for i in range(24)]
+    base = time.time()
+    for k in range(2):
+        for rb in (*others, beat, gone):
+            feed.event(rb, "robot.heartbeat", base + k, flush=False)
+        feed.p.flush(10)
+        if k == 0:
+            wait_for(lambda: state(p, gone)[0] == 200, 10, "robot known")
+            time.sleep(0.5)
+    deleted = {"specversion": "1.0", "id": "del_" + uuid.uuid4().hex, "source": "/robot-registry",
+               "type": "robot.deleted", "subject": gone, "time": iso(time.time()),
+               "datacontenttype": "application/json", "data": {"id": gone}}
+    feed.raw("robot.registry.v1", gone, json.dumps(deleted))
+    feed.raw("robot.events.v1", poison, b"\xff not json {")
+    feed.event(beat, "robot.heartbeat", base + 2)
+    wait_for(lambda: state(p, gone)[0] == 404, 10, "robot deleted")
+    wait_for(lambda: len(read_topic(DLQ, {poison}, 3)) == 1, 10, "one dead letter")
+    wait_for(lambda: state(p, beat)[1].get("last_heartbeat_at") == iso(base + 2), 10, "beats")
+    time.sleep(1)
+    kill9(p)
+
+    p2 = start_sp(tmp_path, infra, name="rp", **kw)
+    p2.wait_ready()
+    wait_assigned(p2)
+    wait_for(lambda: state(p2, beat)[0] == 200 and
+             state(p2, beat)[1].get("last_heartbeat_at") == iso(base + 2), 20, "replayed")
+    time.sleep(2)
+    assert state(p2, gone)[0] == 404, "a replayed heartbeat brought a deleted robot back"
+    assert len(read_topic(DLQ, {poison}, 3)) == 1, "the dead letter was sent again"
+    assert p2.stop() == 0
+
+
 def test_rebalance_moves_state_between_two_instances(exclusive, infra, tmp_path, feed):
     group = uid("sp-pair")
     robots = [uid(f"pair{i:02d}") for i in range(16)]
@@ -497,7 +605,7 @@ def test_backlog_defers_offline_verdicts_until_caught_up(exclusive, infra, tmp_p
     processor is stopped while robots keep heartbeating (longer than
     offline_after_s) behind a large backlog of other robots' events; the new
     instance restores, and catching up (one transaction per 20 events) takes
-    longer than offline_after_s. No request for a robot whose heartbeats are in
+    longer than offline_after_s (every heartbeat written to the changelog). No request for a robot whose heartbeats are in
     the backlog; exactly one for the robot that really stopped. (A broker of
     its own: the backlog stays out of the shared topic.)"""
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", private_kafka.bootstrap)
@@ -528,7 +636,9 @@ def test_backlog_defers_offline_verdicts_until_caught_up(exclusive, infra, tmp_p
         feed.p.flush(30)
         th = heartbeats(feed, alive, stop, period=0.25)
         time.sleep(3)
-        b = start_sp(tmp_path, infra, name="bl-b", cycle_max_events=20, **settings)
+        # every heartbeat to the changelog (no checkpoints): catching up stays slow
+        b = start_sp(tmp_path, infra, name="bl-b", cycle_max_events=20, changelog_heartbeat_s=0,
+                     **settings)
         b.wait_ready()
         wait_assigned(b)
         wait_for(lambda: requests_by_robot([dead], 3).get(dead), 60, "the dead robot's request")
