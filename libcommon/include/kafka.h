@@ -126,6 +126,13 @@ typedef void (*kafka_rebalance_fn)(void *ud, bool assigned, bool lost,
 void kafka_consumer_on_rebalance(struct kafka_consumer *c, kafka_rebalance_fn fn, void *ud);
 /* Next message or NULL on timeout; errors are returned as messages (see kafka_msg_error). */
 struct kafka_msg *kafka_consumer_poll(struct kafka_consumer *c, int timeout_ms);
+/*
+ * Up to max next messages into out, waiting up to timeout_ms for the first;
+ * their number (0 on timeout). Rebalances are served meanwhile, as by
+ * kafka_consumer_poll. Each message is freed with kafka_msg_free.
+ */
+size_t kafka_consumer_poll_batch(struct kafka_consumer *c, int timeout_ms, struct kafka_msg **out,
+                                 size_t max);
 /* Commits offset+1 of m for its partition (synchronously unless async). */
 int kafka_consumer_commit_msg(struct kafka_consumer *c, const struct kafka_msg *m, bool async);
 /* Commits the current positions of every assigned partition. */

@@ -60,13 +60,16 @@ struct kafka_producer {
 
 struct kafka_consumer {
     rd_kafka_t *rk;
+    rd_kafka_queue_t *queue; /* the consumer queue, for batches (NULL until the first) */
     kafka_rebalance_fn rebalance_fn;
     void *rebalance_ud;
 };
 
-struct kafka_msg {
-    rd_kafka_message_t *rkm;
-};
+/*
+ * A struct kafka_msg is librdkafka's message itself, never defined: the
+ * pointer is converted back (no allocation per message).
+ */
+#define RKM(m) ((rd_kafka_message_t *)(m))
 
 static void set_err(char *errbuf, size_t errsize, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -701,17 +704,20 @@ void kafka_consumer_on_rebalance(struct kafka_consumer *c, kafka_rebalance_fn fn
 
 struct kafka_msg *kafka_consumer_poll(struct kafka_consumer *c, int timeout_ms)
 {
-    rd_kafka_message_t *rkm;
-    struct kafka_msg *m;
-
     if (!c)
         return NULL;
-    rkm = rd_kafka_consumer_poll(c->rk, timeout_ms);
-    if (!rkm)
-        return NULL;
-    m = xmalloc(sizeof(*m));
-    m->rkm = rkm;
-    return m;
+    return (struct kafka_msg *)rd_kafka_consumer_poll(c->rk, timeout_ms);
+}
+
+size_t kafka_consumer_poll_batch(struct kafka_consumer *c, int timeout_ms, struct kafka_msg **out,
+                                 size_t max)
+{
+    if (!c || !out || max == 0)
+        return 0;
+    if (!c->queue)
+        c->queue = rd_kafka_queue_get_consumer(c->rk);
+    ssize_t n = rd_kafka_consume_batch_queue(c->queue, timeout_ms, (rd_kafka_message_t **)out, max);
+    return n > 0 ? (size_t)n : 0;
 }
 
 static int commit_list(struct kafka_consumer *c, const rd_kafka_topic_partition_list_t *list,
@@ -733,11 +739,11 @@ int kafka_consumer_commit_msg(struct kafka_consumer *c, const struct kafka_msg *
     rd_kafka_topic_partition_list_t *list;
     int rc;
 
-    if (!c || !m || m->rkm->err || !m->rkm->rkt)
+    if (!c || !m || RKM(m)->err || !RKM(m)->rkt)
         return -EINVAL;
     list = rd_kafka_topic_partition_list_new(1);
-    rd_kafka_topic_partition_list_add(list, rd_kafka_topic_name(m->rkm->rkt), m->rkm->partition)
-        ->offset = m->rkm->offset + 1;
+    rd_kafka_topic_partition_list_add(list, rd_kafka_topic_name(RKM(m)->rkt), RKM(m)->partition)
+        ->offset = RKM(m)->offset + 1;
     rc = commit_list(c, list, async);
     rd_kafka_topic_partition_list_destroy(list);
     return rc;
@@ -889,6 +895,8 @@ void kafka_consumer_free(struct kafka_consumer *c)
     err = rd_kafka_consumer_close(c->rk);
     if (err)
         LOG_WARN("kafka consumer close failed: %s", rd_kafka_err2str(err));
+    if (c->queue)
+        rd_kafka_queue_destroy(c->queue);
     rd_kafka_destroy(c->rk);
     free(c);
 }
@@ -898,55 +906,55 @@ void kafka_consumer_free(struct kafka_consumer *c)
 /* The EOF notification is not data, so it also reports non-zero here. */
 int kafka_msg_error(const struct kafka_msg *m)
 {
-    return m ? err_code(m->rkm->err) : -EINVAL;
+    return m ? err_code(RKM(m)->err) : -EINVAL;
 }
 
 const char *kafka_msg_errstr(const struct kafka_msg *m)
 {
-    if (!m || !m->rkm->err)
+    if (!m || !RKM(m)->err)
         return "";
-    return rd_kafka_message_errstr(m->rkm);
+    return rd_kafka_message_errstr(RKM(m));
 }
 
 bool kafka_msg_is_eof(const struct kafka_msg *m)
 {
-    return m && m->rkm->err == RD_KAFKA_RESP_ERR__PARTITION_EOF;
+    return m && RKM(m)->err == RD_KAFKA_RESP_ERR__PARTITION_EOF;
 }
 
 const char *kafka_msg_topic(const struct kafka_msg *m)
 {
-    return m && m->rkm->rkt ? rd_kafka_topic_name(m->rkm->rkt) : NULL;
+    return m && RKM(m)->rkt ? rd_kafka_topic_name(RKM(m)->rkt) : NULL;
 }
 
 int32_t kafka_msg_partition(const struct kafka_msg *m)
 {
-    return m ? m->rkm->partition : -1;
+    return m ? RKM(m)->partition : -1;
 }
 
 int64_t kafka_msg_offset(const struct kafka_msg *m)
 {
-    return m ? m->rkm->offset : -1;
+    return m ? RKM(m)->offset : -1;
 }
 
 int64_t kafka_msg_timestamp(const struct kafka_msg *m)
 {
     rd_kafka_timestamp_type_t type;
 
-    return m ? rd_kafka_message_timestamp(m->rkm, &type) : -1;
+    return m ? rd_kafka_message_timestamp(RKM(m), &type) : -1;
 }
 
 const void *kafka_msg_key(const struct kafka_msg *m, size_t *len)
 {
     if (len)
-        *len = m ? m->rkm->key_len : 0;
-    return m ? m->rkm->key : NULL;
+        *len = m ? RKM(m)->key_len : 0;
+    return m ? RKM(m)->key : NULL;
 }
 
 const void *kafka_msg_value(const struct kafka_msg *m, size_t *len)
 {
     if (len)
-        *len = m ? m->rkm->len : 0;
-    return m ? m->rkm->payload : NULL;
+        *len = m ? RKM(m)->len : 0;
+    return m ? RKM(m)->payload : NULL;
 }
 
 /* A header present with a null value returns NULL too, with *len 0. */
@@ -958,7 +966,7 @@ const void *kafka_msg_header(const struct kafka_msg *m, const char *name, size_t
 
     if (len)
         *len = 0;
-    if (!m || !name || rd_kafka_message_headers(m->rkm, &hdrs) != RD_KAFKA_RESP_ERR_NO_ERROR)
+    if (!m || !name || rd_kafka_message_headers(RKM(m), &hdrs) != RD_KAFKA_RESP_ERR_NO_ERROR)
         return NULL;
     if (rd_kafka_header_get_last(hdrs, name, &value, &size) != RD_KAFKA_RESP_ERR_NO_ERROR)
         return NULL;
@@ -971,8 +979,7 @@ void kafka_msg_free(struct kafka_msg *m)
 {
     if (!m)
         return;
-    rd_kafka_message_destroy(m->rkm);
-    free(m);
+    rd_kafka_message_destroy(RKM(m));
 }
 
 /* ---- admin ---- */

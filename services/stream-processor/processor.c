@@ -90,9 +90,12 @@
  * handles a message, fires timers or commits, HTTP readers hold it briefly.
  * The Redis mirror has a thread, a connection and a queue (mq_mu) of its own.
  *
- * Hot path. Heartbeats are read by evscan (no cJSON tree), event times and
- * output times go through small per-thread caches, and the changelog and
- * state records are written straight into a buffer.
+ * Hot path. Messages come from the consumer POLL_BATCH at a time (one queue
+ * lock and clock reading a batch, not a message; no offset store, the
+ * positions go to the transaction); a rollback seeks back, so what is left of
+ * the batch is dropped (rewinds). Heartbeats are read by evscan (no cJSON
+ * tree), event times and output times go through small per-thread caches,
+ * and the changelog and state records are written straight into a buffer.
  */
 #include "processor.h"
 
@@ -136,11 +139,13 @@
 #define FENCE_WINDOW_MS  (10 * 60 * 1000)
 #define COMMIT_RETRIES   3
 #define MIRROR_BATCH     1000
+#define MIRROR_KEYS      100 /* robots a mirror script call */
 #define MIRROR_QUEUE_MAX 200000
 #define INSTANCE_MAX     96
 #define DEFER_MS         250 /* a deadline of a partition that lags is looked at again after this */
 #define PING_MS          1000
 #define WAKE_MS          5    /* wake_fetcher asks at most this often */
+#define POLL_BATCH       64   /* messages taken from the consumer at once */
 #define QUIET_MS         1500 /* nothing read this long while deadlines are due: ask the broker */
 
 static const char *const topic_names[NTOPICS] = {TOPIC_ROBOT_EVENTS, TOPIC_ROBOT_COMMAND_STATUS,
@@ -369,6 +374,8 @@ struct processor {
     size_t catchup_cap;
     int64_t cycle_start_ms;
     int64_t cycle_events;
+    unsigned rewinds;        /* +1 per seek back: the rest of a polled batch is stale */
+    int64_t mono;            /* the run loop's monotonic clock reading for the message at hand */
     int64_t fence_window_ms; /* monotonic start of the window counting fence recoveries */
     int fence_recoveries;
 
@@ -777,6 +784,7 @@ static void rollback(struct processor *p, bool all)
             ps->eof = -1; /* behind again until its end is seen */
         }
     }
+    p->rewinds++;
 }
 
 /*
@@ -1115,8 +1123,9 @@ static int changelog_record(const struct processor *p, const char *value, size_t
  * The Redis mirror. The processing thread stages one item per robot at commit
  * (the numbers only) and, once the transaction committed, hands the cycle's
  * items to the mirror thread (mirror_submit); that thread formats them and
- * writes them on its own connection, pipelined, MIRROR_BATCH at a time, the
- * newest item of each robot only when it fell behind. Redis is never waited
+ * writes them on its own connection, pipelined, MIRROR_BATCH at a time in
+ * script calls of MIRROR_KEYS robots, the newest item of each robot only when
+ * it fell behind. Redis is never waited
  * for on the processing thread, unless more than MIRROR_QUEUE_MAX items wait.
  */
 static void mirror_add(struct processor *p, const struct robot *r, bool del, int64_t now)
@@ -1182,14 +1191,26 @@ static void mirror_submit(struct processor *p)
     mirror_hand(p, &p->mirror, &p->nmirror, &p->mirror_cap);
 }
 
-/* Only a newer version replaces the mirror, so a replay never moves it backwards. */
+/*
+ * Only a newer version replaces the mirror, so a replay never moves it
+ * backwards. One call writes MIRROR_KEYS robots (eight arguments each, the
+ * last "1" when the hash is to be deleted first): a script call per robot cost
+ * Redis more than the writes themselves.
+ */
 static const char MIRROR_SCRIPT[] =
-    "local v = redis.call('HGET', KEYS[1], 'version')\n"
-    "if v and tonumber(v) >= tonumber(ARGV[1]) then return 0 end\n"
-    "redis.call('HSET', KEYS[1], 'version', ARGV[1], 'status', ARGV[2], 'last_heartbeat_at', "
-    "ARGV[3], 'updated_at', ARGV[4], 'offset', ARGV[5], 'reboot_in_progress', ARGV[6], "
-    "'faults_in_window', ARGV[7])\n"
-    "return 1\n";
+    "local n = 0\n"
+    "for i, k in ipairs(KEYS) do\n"
+    "  local a = (i - 1) * 8\n"
+    "  if ARGV[a + 8] == '1' then redis.call('DEL', k) end\n"
+    "  local v = redis.call('HGET', k, 'version')\n"
+    "  if not v or tonumber(v) < tonumber(ARGV[a + 1]) then\n"
+    "    redis.call('HSET', k, 'version', ARGV[a + 1], 'status', ARGV[a + 2], "
+    "'last_heartbeat_at', ARGV[a + 3], 'updated_at', ARGV[a + 4], 'offset', ARGV[a + 5], "
+    "'reboot_in_progress', ARGV[a + 6], 'faults_in_window', ARGV[a + 7])\n"
+    "    n = n + 1\n"
+    "  end\n"
+    "end\n"
+    "return n\n";
 
 /* Keeps the newest item of each key (the items are in commit order). */
 static size_t mirror_coalesce(struct mirror_item *v, size_t n)
@@ -1226,49 +1247,69 @@ struct mirror_text {
     char offset[24], faults[8];
 };
 
+/* The arguments of one robot's update (8, see MIRROR_SCRIPT) into a. */
+static void mirror_args(const struct mirror_item *m, struct mirror_text *t, struct time_cache *tc,
+                        const char **a)
+{
+    snprintf(t->version, sizeof(t->version), "%llu", (unsigned long long)m->version);
+    str_copy(t->status, robot_status_name((enum robot_status)m->status), sizeof(t->status));
+    t->heartbeat[0] = '\0';
+    if (m->heartbeat_ms > 0)
+        format_time(tc, m->heartbeat_ms, t->heartbeat);
+    format_time(tc, m->updated_ms, t->updated);
+    snprintf(t->offset, sizeof(t->offset), "%lld", (long long)m->offset);
+    snprintf(t->faults, sizeof(t->faults), "%d", m->faults);
+    const char *args[] = {t->version, t->status,           t->heartbeat,
+                          t->updated, t->offset,           m->in_progress ? "1" : "0",
+                          t->faults,  m->reset ? "1" : "0"};
+    memcpy(a, args, sizeof(args));
+}
+
+/*
+ * Writes MIRROR_BATCH items a pipeline: a DEL per deleted robot, a script call
+ * per MIRROR_KEYS updated ones (argv: the command, the script, the key count,
+ * the keys, then their arguments).
+ */
 static void mirror_write(struct processor *p, struct mirror_item *v, size_t n,
                          struct time_cache *tc)
 {
-    size_t cap = MIRROR_BATCH * 2;
+    enum { CALLS = MIRROR_BATCH / MIRROR_KEYS + 1 };
+    size_t cap = MIRROR_BATCH + CALLS;
     struct redis_cmd *cmds = xcalloc(cap, sizeof(*cmds));
-    const char **argv = xcalloc(cap * 11, sizeof(*argv));
+    const char **dels = xcalloc(MIRROR_BATCH * 2, sizeof(*dels));
+    const char **argv = xcalloc(CALLS * (3 + 9 * MIRROR_KEYS), sizeof(*argv));
+    const char **keyv = xcalloc(MIRROR_KEYS * 9, sizeof(*keyv)), **argb = keyv + MIRROR_KEYS;
+    char nkeys[CALLS][24];
     redisReply **replies = xcalloc(cap, sizeof(*replies));
     struct mirror_text *txt = xcalloc(MIRROR_BATCH, sizeof(*txt));
     for (size_t from = 0; from < n; from += MIRROR_BATCH) {
-        size_t batch = n - from < MIRROR_BATCH ? n - from : MIRROR_BATCH, nc = 0;
-        for (size_t i = 0; i < batch; i++) {
-            struct mirror_item *m = &v[from + i];
-            struct mirror_text *t = &txt[i];
-            if (m->del || m->reset) {
-                const char **a = argv + nc * 11;
-                a[0] = "DEL";
-                a[1] = m->key;
-                cmds[nc++] = (struct redis_cmd){2, a, NULL};
-                if (m->del)
-                    continue;
+        size_t batch = n - from < MIRROR_BATCH ? n - from : MIRROR_BATCH, nc = 0, call = 0;
+        size_t keys = 0; /* in the call being built */
+        const char **a = argv;
+        for (size_t i = 0; i <= batch; i++) {
+            if (keys > 0 && (i == batch || keys == MIRROR_KEYS)) {
+                snprintf(nkeys[call], sizeof(nkeys[call]), "%zu", keys);
+                a[0] = p->mirror_sha[0] ? "EVALSHA" : "EVAL";
+                a[1] = p->mirror_sha[0] ? p->mirror_sha : MIRROR_SCRIPT;
+                a[2] = nkeys[call++];
+                memcpy(a + 3, keyv, keys * sizeof(*a));
+                memcpy(a + 3 + keys, argb, 8 * keys * sizeof(*a));
+                cmds[nc++] = (struct redis_cmd){(int)(3 + 9 * keys), a, NULL};
+                a += 3 + 9 * keys;
+                keys = 0;
             }
-            snprintf(t->version, sizeof(t->version), "%llu", (unsigned long long)m->version);
-            str_copy(t->status, robot_status_name((enum robot_status)m->status), sizeof(t->status));
-            t->heartbeat[0] = '\0';
-            if (m->heartbeat_ms > 0)
-                format_time(tc, m->heartbeat_ms, t->heartbeat);
-            format_time(tc, m->updated_ms, t->updated);
-            snprintf(t->offset, sizeof(t->offset), "%lld", (long long)m->offset);
-            snprintf(t->faults, sizeof(t->faults), "%d", m->faults);
-            const char *args[] = {p->mirror_sha[0] ? "EVALSHA" : "EVAL",
-                                  p->mirror_sha[0] ? p->mirror_sha : MIRROR_SCRIPT,
-                                  "1",
-                                  m->key,
-                                  t->version,
-                                  t->status,
-                                  t->heartbeat,
-                                  t->updated,
-                                  t->offset,
-                                  m->in_progress ? "1" : "0",
-                                  t->faults};
-            const char **a = argv + nc * 11;
-            memcpy(a, args, sizeof(args));
-            cmds[nc++] = (struct redis_cmd){11, a, NULL};
+            if (i == batch)
+                break;
+            const struct mirror_item *m = &v[from + i];
+            if (m->del) {
+                dels[2 * i] = "DEL";
+                dels[2 * i + 1] = m->key;
+                cmds[nc++] = (struct redis_cmd){2, dels + 2 * i, NULL};
+                continue;
+            }
+            keyv[keys] = m->key;
+            mirror_args(m, &txt[i], tc, argb + 8 * keys);
+            keys++;
         }
         int err = 0;
         if (redis_pipeline(p->redis, nc, cmds, replies) != 0) {
@@ -1277,7 +1318,7 @@ static void mirror_write(struct processor *p, struct mirror_item *v, size_t n,
         }
         for (size_t i = 0; i < nc; i++) {
             if (replies[i] && replies[i]->type == REDIS_REPLY_ERROR) {
-                err++;
+                err += cmds[i].argc == 2 ? 1 : (cmds[i].argc - 3) / 9; /* robots it wrote */
                 if (strncmp(replies[i]->str, "NOSCRIPT", 8) == 0)
                     p->mirror_sha[0] = '\0'; /* flushed scripts: EVAL from now on */
                 else
@@ -1293,6 +1334,8 @@ static void mirror_write(struct processor *p, struct mirror_item *v, size_t n,
     free(txt);
     free(replies);
     free(argv);
+    free(keyv);
+    free(dels);
     free(cmds);
 }
 
@@ -1868,7 +1911,7 @@ static int apply_event(struct processor *p, const struct kafka_msg *m, const cha
         if ((r->flags & ROBOT_F_EMIT) || req.reason != REASON_NONE)
             r->flags |= ROBOT_F_SAVE; /* more than a heartbeat: saved with its outputs */
         else if (!r->unsaved)
-            unsaved_push(p, r, r->last_offset, time_mono_ms());
+            unsaved_push(p, r, r->last_offset, p->mono);
     }
     if (req.suppressed) {
         const char *labels[] = {request_reason_name(req.suppressed_reason), req.suppressed};
@@ -2626,10 +2669,12 @@ static int connect_kafka(struct processor *p, char *errbuf, size_t errsize)
      * memory budget. More is faster under backlog (librdkafka 2.0 stops fetching for 1 s
      * when the queue fills during a commit): raise it in kafka.properties if memory allows. */
     props[np++] = (struct kafka_prop){"queued.max.messages.kbytes", "8192"};
-    for (size_t i = 0; i < p->nprops && np < 79; i++)
+    for (size_t i = 0; i < p->nprops && np < 78; i++)
         props[np++] = p->props[i];
     /* partition ends tell when a partition has caught up (offline verdicts wait for it) */
     props[np++] = (struct kafka_prop){"enable.partition.eof", "true"};
+    /* positions go to the transaction: no offset store per message */
+    props[np++] = (struct kafka_prop){"enable.auto.offset.store", "false"};
     p->consumer = kafka_consumer_new(p->bootstrap, p->group, props, np, errbuf, errsize);
     if (!p->consumer)
         return -EINVAL;
@@ -2704,16 +2749,23 @@ static void *run(void *arg)
         backoff_ms = backoff_ms < 8000 ? backoff_ms * 2 : 8000;
     }
     atomic_store(&p->running, true);
+    struct kafka_msg *batch[POLL_BATCH];
+    size_t nbatch = 0, next = 0;
     while (!atomic_load(&p->stop)) {
         refresh_settings(p);
-        int wait = p->inflight ? 5 : 20; /* a commit in flight: begin the next soon after */
-        if (p->txn_open) {
-            int64_t left = p->cycle_start_ms + p->set.cycle_ms - time_mono_ms();
-            wait = left < 0 ? 0 : left < wait ? (int)left : wait;
+        if (next == nbatch) {
+            int wait = p->inflight ? 5 : 20; /* a commit in flight: begin the next soon after */
+            if (p->txn_open) {
+                int64_t left = p->cycle_start_ms + p->set.cycle_ms - time_mono_ms();
+                wait = left < 0 ? 0 : left < wait ? (int)left : wait;
+            }
+            nbatch = kafka_consumer_poll_batch(p->consumer, wait, batch, POLL_BATCH);
+            next = 0;
+            if (nbatch == 0)
+                wake_fetcher(p); /* reads only what this thread writes: no lock */
         }
-        struct kafka_msg *m = kafka_consumer_poll(p->consumer, wait);
-        if (!m)
-            wake_fetcher(p); /* reads only what this thread writes: no lock */
+        struct kafka_msg *m = next < nbatch ? batch[next++] : NULL;
+        unsigned rewinds = p->rewinds;
         /* one reading of each clock per message: clock reads were ~6 % of this thread */
         int64_t mono = time_mono_ms(), now = time_now_ms();
         pthread_mutex_lock(&p->mu);
@@ -2733,6 +2785,7 @@ static void *run(void *arg)
                     event_flows(p);
                 else
                     fetch_back(p);
+                p->mono = mono;
                 handle_message(p, m, t, now);
             }
             kafka_msg_free(m);
@@ -2746,6 +2799,11 @@ static void *run(void *arg)
         if (p->txn_open && (p->cycle_events >= p->set.cycle_max_events ||
                             mono - p->cycle_start_ms >= p->set.cycle_ms))
             commit_cycle(p);
+        if (p->rewinds != rewinds) {
+            /* rewound: the rest of the batch comes again from the broker */
+            while (next < nbatch)
+                kafka_msg_free(batch[next++]);
+        }
         pthread_mutex_unlock(&p->mu);
         if (p->broken && !atomic_load(&p->stop) && recover_producer(p) != 0)
             break;
@@ -2754,6 +2812,8 @@ static void *run(void *arg)
             p->next_gauges_ms = mono + 1000;
         }
     }
+    while (next < nbatch)
+        kafka_msg_free(batch[next++]); /* not processed: their positions were not sent */
     pthread_mutex_lock(&p->mu);
     if (!atomic_load(&p->failed))
         unsaved_flush(p, NULL, p->npos); /* a restart need not replay */
