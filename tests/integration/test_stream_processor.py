@@ -102,6 +102,27 @@ def test_offline_exactly_once_then_online(sp, feed, infra):
     assert v >= 4
 
 
+def test_mirror_never_moves_a_newer_hash_back(sp, feed, infra):
+    """One script call writes many robots: each keeps its own version guard. (Before the
+    tests that leave the module's processor a backlog to read.)"""
+    r = redis.Redis.from_url(infra["REDIS_URL"], decode_responses=True)
+    ahead, behind = uid("ahead"), uid("behind")
+    fresh = [uid("fresh") for _ in range(150)]  # more than one call's worth of robots
+    r.hset(f"state:robot:{ahead}", mapping={"version": "1000000", "status": "faulted"})
+    r.hset(f"state:robot:{behind}", mapping={"version": "0", "status": "faulted"})
+    now = time.time()
+    robots = [ahead, behind] + fresh
+    for robot in robots:
+        feed.event(robot, "robot.heartbeat", now, flush=robot == robots[-1])
+    wait_for(lambda: all(r.hget(f"state:robot:{x}", "status") == "online" for x in fresh + [behind]),
+             30, "mirror writes")
+    assert r.hgetall(f"state:robot:{ahead}") == {"version": "1000000", "status": "faulted"}
+    got = r.hgetall(f"state:robot:{behind}")
+    assert int(got["version"]) == state(sp, behind)[1]["version"] and got["status"] == "online"
+    assert set(got) == {"version", "status", "last_heartbeat_at", "updated_at", "offset",
+                        "reboot_in_progress", "faults_in_window"}, got
+
+
 def test_fault_storm_window_edges_lateness_order_and_duplicates(sp, feed):
     edge, past_edge, shuffled, late, dupes = (uid(n) for n in ("edge", "past", "ooo", "late", "dup"))
     for t in (0, 5, 10):  # span exactly fault_window_s: a storm
@@ -655,22 +676,3 @@ def test_backlog_defers_offline_verdicts_until_caught_up(exclusive, infra, tmp_p
             th.join()
     assert b.stop() == 0
 
-
-def test_mirror_never_moves_a_newer_hash_back(sp, feed, infra):
-    """One script call writes many robots: each keeps its own version guard."""
-    r = redis.Redis.from_url(infra["REDIS_URL"], decode_responses=True)
-    ahead, behind = uid("ahead"), uid("behind")
-    fresh = [uid("fresh") for _ in range(150)]  # more than one call's worth of robots
-    r.hset(f"state:robot:{ahead}", mapping={"version": "1000000", "status": "faulted"})
-    r.hset(f"state:robot:{behind}", mapping={"version": "0", "status": "faulted"})
-    now = time.time()
-    robots = [ahead, behind] + fresh
-    for robot in robots:
-        feed.event(robot, "robot.heartbeat", now, flush=robot == robots[-1])
-    wait_for(lambda: all(r.hget(f"state:robot:{x}", "status") == "online" for x in fresh + [behind]),
-             10, "mirror writes")
-    assert r.hgetall(f"state:robot:{ahead}") == {"version": "1000000", "status": "faulted"}
-    got = r.hgetall(f"state:robot:{behind}")
-    assert int(got["version"]) == state(sp, behind)[1]["version"] and got["status"] == "online"
-    assert set(got) == {"version", "status", "last_heartbeat_at", "updated_at", "offset",
-                        "reboot_in_progress", "faults_in_window"}, got
