@@ -1125,8 +1125,8 @@ static int changelog_record(const struct processor *p, const char *value, size_t
  * items to the mirror thread (mirror_submit); that thread formats them and
  * writes them on its own connection, pipelined, MIRROR_BATCH at a time in
  * script calls of MIRROR_KEYS robots, the newest item of each robot only when
- * it fell behind. Redis is never waited
- * for on the processing thread, unless more than MIRROR_QUEUE_MAX items wait.
+ * it fell behind. Redis is never waited for on the processing thread, unless
+ * more than MIRROR_QUEUE_MAX items wait.
  */
 static void mirror_add(struct processor *p, const struct robot *r, bool del, int64_t now)
 {
@@ -2799,14 +2799,15 @@ static void *run(void *arg)
         if (p->txn_open && (p->cycle_events >= p->set.cycle_max_events ||
                             mono - p->cycle_start_ms >= p->set.cycle_ms))
             commit_cycle(p);
-        if (p->rewinds != rewinds) {
-            /* rewound: the rest of the batch comes again from the broker */
-            while (next < nbatch)
-                kafka_msg_free(batch[next++]);
-        }
         pthread_mutex_unlock(&p->mu);
         if (p->broken && !atomic_load(&p->stop) && recover_producer(p) != 0)
             break;
+        if (p->rewinds != rewinds) {
+            /* rewound (an abort, a failed commit, a replaced producer): the rest of the
+             * batch comes again from the broker */
+            while (next < nbatch)
+                kafka_msg_free(batch[next++]);
+        }
         if (mono >= p->next_gauges_ms) {
             update_gauges(p);
             p->next_gauges_ms = mono + 1000;
