@@ -261,7 +261,11 @@ struct kafka_producer *kafka_producer_new(const char *bootstrap, const struct ka
     if (transactional_id &&
         conf_set(conf, "transactional.id", transactional_id, errbuf, errsize) < 0)
         goto out_conf;
-    /* Event mode: see the top of the file. */
+    /* Event mode: see the top of the file. Without a callback a delivery
+     * report is of no use: only failures make one (the poll thread drops
+     * them; a transaction learns of them at its commit). */
+    if (!cb && conf_set(conf, "delivery.report.only.error", "true", errbuf, errsize) < 0)
+        goto out_conf;
     rd_kafka_conf_set_events(conf, RD_KAFKA_EVENT_DR | RD_KAFKA_EVENT_ERROR);
 
     p = xcalloc(1, sizeof(*p));
@@ -338,11 +342,22 @@ int kafka_producer_send(struct kafka_producer *p, const char *topic, int32_t par
         if (!hdrs)
             return -EINVAL;
     }
+    /* A prepared topic's handle saves librdkafka a lookup by name (and its lock). */
+    rd_kafka_topic_t *rkt = NULL;
+    for (size_t i = 0; i < p->ntopics && !rkt; i++)
+        if (strcmp(rd_kafka_topic_name(p->topics[i]), topic) == 0)
+            rkt = p->topics[i];
+    bool own = !rkt;
+    if (own && !(rkt = rd_kafka_topic_new(p->rk, topic, NULL))) {
+        if (hdrs)
+            rd_kafka_headers_destroy(hdrs);
+        return err_code(rd_kafka_last_error());
+    }
     deadline = time_mono_ms() + ENQUEUE_TIMEOUT_MS;
     for (;;) {
         /* librdkafka takes the headers only when producev succeeds. */
         err = rd_kafka_producev(
-            p->rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_PARTITION(partition),
+            p->rk, RD_KAFKA_V_RKT(rkt), RD_KAFKA_V_PARTITION(partition),
             RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_KEY((void *)key, key ? keylen : 0),
             RD_KAFKA_V_VALUE((void *)value, value ? len : 0), RD_KAFKA_V_HEADERS(hdrs),
             RD_KAFKA_V_OPAQUE(opaque), RD_KAFKA_V_END);
@@ -351,6 +366,8 @@ int kafka_producer_send(struct kafka_producer *p, const char *topic, int32_t par
             break;
         time_sleep_ms(10);
     }
+    if (own)
+        rd_kafka_topic_destroy(rkt); /* queued messages hold their own reference */
     if (err) {
         if (hdrs)
             rd_kafka_headers_destroy(hdrs);

@@ -18,14 +18,16 @@
  * the transaction and it commits.
  *
  * The commit overlaps the next cycle. At the end of a cycle the processing
- * thread only stages each dirty robot's binary record (and state message);
- * the committer thread sends the offsets, builds and produces the changelog
- * and state records and commits (commit_job), waiting on the broker for most
- * of that, while the processing thread goes on with the next cycle, whose
- * Kafka transaction can only begin once the commit is in: its outputs wait in
- * the deferred queue until then (txn_begin_deferred). At most one commit is in
- * flight; the end of the next cycle waits for it. Its pre-images stay apart
- * (the hand-off) until it committed, so a failed commit rolls back both
+ * thread only stages each dirty robot's binary record (and, if its derived
+ * state changed, the two figures of its state message that depend on the
+ * settings); the committer thread sends the offsets, builds the changelog and
+ * state CloudEvents from those, produces them and commits (commit_job),
+ * waiting on the broker for most of that, while the processing thread goes
+ * on with the next cycle, whose Kafka transaction can only begin once the
+ * commit is in: its outputs wait in the deferred queue until then
+ * (txn_begin_deferred). At most one commit is in flight; the end of the next
+ * cycle waits for it. Its pre-images stay apart (the hand-off) until it
+ * committed, so a failed commit rolls back both
  * cycles, newest first, to the last committed state and offsets; its
  * positions count as committed, and robots it deleted go, only once it is in
  * (commit_finish). Rebalances, shutdown and producer replacement wait for the
@@ -236,8 +238,16 @@ struct deferred_out {
 /* A record the committer produces for the handed-off cycle; its bytes are in the arena. */
 enum cl_kind {
     CL_RECORD, /* a changelog record (the payload: the binary record) */
-    CL_STATE,  /* a robot.state.v1 message (the payload: the CloudEvent) */
+    CL_STATE,  /* a robot.state.v1 message (the payload: struct state_extra), of the robot
+                  whose CL_RECORD comes right before it */
     CL_DELETE, /* tombstones on the changelog and robot.state.v1 (no payload) */
+};
+
+/* What a robot.state.v1 message says beyond the robot's record: read under the settings of its
+ * cycle. */
+struct state_extra {
+    int64_t faults_in_window;
+    bool reboot_in_progress;
 };
 
 struct cl_item {
@@ -920,7 +930,7 @@ static int append_i64(struct buf *b, int64_t v)
 }
 
 /* ,"name":"time" or ,"name":null for 0 */
-static void append_time_member(struct processor *p, struct buf *b, const char *name, int64_t ms)
+static void append_time_member(struct time_cache *tc, struct buf *b, const char *name, int64_t ms)
 {
     char t[TIME_RFC3339_LEN];
     buf_append_str(b, ",\"");
@@ -929,7 +939,7 @@ static void append_time_member(struct processor *p, struct buf *b, const char *n
         buf_append_str(b, "\":null");
         return;
     }
-    format_time(&p->tc, ms, t);
+    format_time(tc, ms, t);
     buf_append_str(b, "\":\"");
     buf_append_str(b, t);
     buf_append_str(b, "\"");
@@ -1018,12 +1028,14 @@ static cJSON *state_json(const struct processor *p, const struct robot *r, int64
 /*
  * The robot.state CloudEvent, the same document ce_build makes of state_json:
  * built by hand, it is on the hot path (one per robot whose derived state
- * changed in the cycle).
+ * changed in the cycle). Called on the committer thread, with its time cache,
+ * from the robot's changelog record and what the cycle added (x).
  */
-static int state_event(struct processor *p, const struct robot *r, int64_t now, struct buf *b)
+static int state_event(struct time_cache *tc, const struct robot *r, const struct state_extra *x,
+                       struct buf *b)
 {
     char t[TIME_RFC3339_LEN], cmd[ROBOT_ID_MAX + 64];
-    format_time(&p->tc, r->updated_ms, t);
+    format_time(tc, r->updated_ms, t);
     command_id(r, cmd, sizeof(cmd));
     buf_reset(b);
     buf_append_str(b, "{\"specversion\":\"1.0\",\"id\":\"sp-");
@@ -1040,12 +1052,12 @@ static int state_event(struct processor *p, const struct robot *r, int64_t now, 
     buf_append_str(b, "\",\"status\":\"");
     buf_append_str(b, robot_status_name((enum robot_status)r->status));
     buf_append_str(b, "\"");
-    append_time_member(p, b, "last_heartbeat_at", r->last_heartbeat_ms);
+    append_time_member(tc, b, "last_heartbeat_at", r->last_heartbeat_ms);
     buf_append_str(b, ",\"faults_in_window\":");
-    append_i64(b, rules_faults_in_window(r, &p->set.rules));
-    buf_append_str(b, rules_in_progress(r, &p->set.rules, now) ? ",\"reboot_in_progress\":true"
-                                                               : ",\"reboot_in_progress\":false");
-    append_time_member(p, b, "reboot_since", r->reboot_since_ms);
+    append_i64(b, x->faults_in_window);
+    buf_append_str(b, x->reboot_in_progress ? ",\"reboot_in_progress\":true"
+                                            : ",\"reboot_in_progress\":false");
+    append_time_member(tc, b, "reboot_since", r->reboot_since_ms);
     if (cmd[0]) {
         buf_append_str(b, ",\"last_command_id\":\"");
         buf_append_json_str(b, cmd);
@@ -1053,8 +1065,8 @@ static int state_event(struct processor *p, const struct robot *r, int64_t now, 
     } else {
         buf_append_str(b, ",\"last_command_id\":null");
     }
-    append_time_member(p, b, "last_request_at", r->last_request_ms);
-    append_time_member(p, b, "updated_at", r->updated_ms);
+    append_time_member(tc, b, "last_request_at", r->last_request_ms);
+    append_time_member(tc, b, "updated_at", r->updated_ms);
     buf_append_str(b, ",\"version\":");
     append_i64(b, (int64_t)r->version);
     buf_append_str(b, ",\"partition\":");
@@ -1416,6 +1428,8 @@ static int produce_items(struct processor *p)
     int rc = 0;
     trace_parent_new(trace); /* one trace for the cycle's changelog records */
     struct kafka_header cycle = {"traceparent", trace, TRACE_PARENT_LEN - 1};
+    const uint8_t *rec = NULL; /* the last CL_RECORD's */
+    size_t rec_len = 0;
     for (size_t i = 0; i < h->nitems && rc == 0; i++) {
         const struct cl_item *it = &h->items[i];
         const char *id = h->arena + it->off;
@@ -1427,16 +1441,26 @@ static int produce_items(struct processor *p)
                 rc = kafka_producer_send(p->producer, TOPIC_ROBOT_STATE, it->partition, id,
                                          it->idlen, NULL, 0, &cycle, 1, NULL);
         } else if (it->kind == CL_RECORD) {
+            rec = payload;
+            rec_len = it->len;
             rc = changelog_event(p->group_json, &p->cm_tc, id, it->version, it->updated_ms, payload,
                                  it->len, &p->cm_buf);
             if (rc == 0)
                 rc = kafka_producer_send(p->producer, TOPIC_SP_CHANGELOG, it->partition, id,
                                          it->idlen, p->cm_buf.data, p->cm_buf.len, &cycle, 1, NULL);
         } else {
+            /* the robot as its record (just produced) has it */
+            struct robot r = {.id = (char *)id, .partition = it->partition};
+            struct state_extra x;
+            memcpy(&x, payload, sizeof(x));
+            rc = rec && changelog_decode(&r, rec, rec_len) == 0 ? 0 : -EINVAL;
+            if (rc == 0)
+                rc = state_event(&p->cm_tc, &r, &x, &p->cm_buf);
             trace_parent_child(NULL, tp);
             struct kafka_header own = {"traceparent", tp, TRACE_PARENT_LEN - 1};
-            rc = kafka_producer_send(p->producer, TOPIC_ROBOT_STATE, it->partition, id, it->idlen,
-                                     payload, it->len, &own, 1, NULL);
+            if (rc == 0)
+                rc = kafka_producer_send(p->producer, TOPIC_ROBOT_STATE, it->partition, id,
+                                         it->idlen, p->cm_buf.data, p->cm_buf.len, &own, 1, NULL);
         }
     }
     return rc;
@@ -1675,7 +1699,8 @@ static void item_add(struct handoff *h, enum cl_kind kind, const struct robot *r
 
 /*
  * Ends the open cycle: stages each dirty robot's binary changelog record (and
- * its robot.state.v1 message if its derived state changed), then hands them,
+ * what its robot.state.v1 message needs besides, if its derived state
+ * changed: struct state_extra), then hands them,
  * the positions and the commit to the committer thread and returns: the next
  * cycle runs while the committer produces the records and the broker commits
  * this one (commit_finish settles it). Waits first for the commit in flight,
@@ -1707,9 +1732,9 @@ static int commit_cycle(struct processor *p)
             r->unsaved = 0;
         }
         if (r->flags & ROBOT_F_EMIT) {
-            rc = state_event(p, r, now, &p->out_buf);
-            if (rc == 0)
-                item_add(h, CL_STATE, r, p->out_buf.data, p->out_buf.len);
+            const struct state_extra x = {rules_faults_in_window(r, &p->set.rules),
+                                          rules_in_progress(r, &p->set.rules, now)};
+            item_add(h, CL_STATE, r, &x, sizeof(x));
         }
         if ((r->flags & ROBOT_F_EMIT) || now - r->mirrored_ms >= p->set.mirror_heartbeat_ms) {
             r->mirrored_ms = now;

@@ -348,6 +348,73 @@ static void test_produce_consume(void **state)
     kafka_consumer_free(c);
 }
 
+/*
+ * Without a delivery callback (the stream-processor's producer): no delivery
+ * reports to wait for, a flush still waits for every message; a prepared
+ * topic is written through its kept handle, another one by name, and an
+ * unknown partition of a prepared topic is refused at once.
+ */
+static void test_produce_without_callback(void **state)
+{
+    char prepared[128], other[128], group[128], value[64], err[256] = "";
+    int got[2] = {0, 0}, next[2] = {0, 1};
+    (void)state;
+
+    unique_name(prepared, sizeof(prepared), "t-nocb-prep");
+    unique_name(other, sizeof(other), "t-nocb-other");
+    unique_name(group, sizeof(group), "g-nocb");
+    create_topic(prepared, 2);
+    create_topic(other, 2);
+    struct kafka_producer *p =
+        kafka_producer_new(bootstrap(), NULL, 0, NULL, NULL, err, sizeof(err));
+    if (!p)
+        fail_msg("kafka_producer_new: %s", err);
+    const char *topics[] = {prepared};
+    assert_int_equal(kafka_producer_prepare(p, topics, 1, 10000), 0);
+    int before = atomic_load(&deliveries);
+    for (int i = 0; i < NMSG; i++) {
+        snprintf(value, sizeof(value), "value-%d", i);
+        assert_int_equal(
+            kafka_producer_send(p, prepared, i % 2, "k", 1, value, strlen(value), NULL, 0, NULL),
+            0);
+        assert_int_equal(
+            kafka_producer_send(p, other, -1, "k", 1, value, strlen(value), NULL, 0, NULL), 0);
+    }
+    assert_true(kafka_producer_send(p, prepared, 99, "k", 1, "x", 1, NULL, 0, NULL) < 0);
+    assert_int_equal(kafka_producer_flush(p, 15000), 0);
+    assert_int_equal(kafka_producer_outstanding(p), 0);
+    assert_int_equal(atomic_load(&deliveries), before);
+    kafka_producer_free(p, 1000);
+
+    const char *both[] = {prepared, other};
+    struct kafka_consumer *c = consumer(group, NULL, NULL, 0);
+    assert_int_equal(kafka_consumer_subscribe(c, both, 2), 0);
+    while (got[0] + got[1] < 2 * NMSG) {
+        struct kafka_msg *m = next_msg(c, 20000);
+        if (!m)
+            fail_msg("only %d + %d of %d messages consumed", got[0], got[1], 2 * NMSG);
+        int t = strcmp(kafka_msg_topic(m), prepared) == 0 ? 0 : 1;
+        if (t == 1)
+            assert_string_equal(kafka_msg_topic(m), other);
+        if (t == 1) { /* one key: one partition, in order */
+            snprintf(value, sizeof(value), "value-%d", got[1]);
+            assert_true(value_is(m, value));
+        } else { /* value-i went to partition i % 2, in order there */
+            int32_t part = kafka_msg_partition(m);
+            assert_in_range(part, 0, 1);
+            snprintf(value, sizeof(value), "value-%d", next[part]);
+            assert_true(value_is(m, value));
+            next[part] += 2;
+        }
+        got[t]++;
+        kafka_msg_free(m);
+    }
+    assert_int_equal(got[0], NMSG);
+    assert_int_equal(got[1], NMSG);
+    assert_null(next_msg(c, 1000)); /* nothing more: the refused message never went out */
+    kafka_consumer_free(c);
+}
+
 /* commit_msg, resume in a new member of the group, commit of positions, seek. */
 static void test_commit_resume_seek(void **state)
 {
@@ -846,7 +913,7 @@ int main(void)
         cmocka_unit_test(test_txn_commit_abort),   cmocka_unit_test(test_txn_send_offsets),
         cmocka_unit_test(test_txn_fenced),         cmocka_unit_test(test_dead_broker),
         cmocka_unit_test(test_queue_full),         cmocka_unit_test(test_assign_unassign_watermark),
-        cmocka_unit_test(test_txn_send_positions),
+        cmocka_unit_test(test_txn_send_positions), cmocka_unit_test(test_produce_without_callback),
     };
     log_set_level(LOG_LEVEL_WARN);
     return cmocka_run_group_tests_name("kafka", tests, NULL, NULL);
