@@ -102,7 +102,8 @@ FUZZ_LIB_OBJS := $(LIB_SRCS:%.c=$(FUZZ_BUILD)/obj/%.o)
 FUZZ_LIB  := $(FUZZ_BUILD)/lib/libcommon.a
 FUZZ_OBJS := $(FUZZ_LIB_OBJS) $(FUZZ_SRCS:%.c=$(FUZZ_BUILD)/obj/%.o) \
              $(FUZZ_BUILD)/obj/services/webhook-ingest/events.o \
-             $(FUZZ_BUILD)/obj/services/webhook-ingest/verify.o
+             $(FUZZ_BUILD)/obj/services/webhook-ingest/verify.o \
+             $(FUZZ_BUILD)/obj/services/stream-processor/evscan.o
 
 fuzz:
 	$(MAKE) -j$(shell nproc) fuzz-bins
@@ -127,6 +128,11 @@ $(FUZZ_LIB): $(FUZZ_LIB_OBJS)
 $(FUZZ_BUILD)/fuzz_webhook: $(FUZZ_BUILD)/obj/tests/fuzz/fuzz_webhook.o \
     $(FUZZ_BUILD)/obj/services/webhook-ingest/events.o \
     $(FUZZ_BUILD)/obj/services/webhook-ingest/verify.o $(FUZZ_LIB)
+	$(FUZZ_CC) -fsanitize=fuzzer $(FUZZ_SAN) -o $@ $^ $(LDLIBS)
+
+# The stream-processor's envelope reader lives in its service as well.
+$(FUZZ_BUILD)/fuzz_evscan: $(FUZZ_BUILD)/obj/tests/fuzz/fuzz_evscan.o \
+    $(FUZZ_BUILD)/obj/services/stream-processor/evscan.o $(FUZZ_LIB)
 	$(FUZZ_CC) -fsanitize=fuzzer $(FUZZ_SAN) -o $@ $^ $(LDLIBS)
 
 $(FUZZ_BUILD)/fuzz_%: $(FUZZ_BUILD)/obj/tests/fuzz/fuzz_%.o $(FUZZ_LIB)
