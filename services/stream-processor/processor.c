@@ -93,12 +93,12 @@
  * The Redis mirror has a thread, a connection and a queue (mq_mu) of its own.
  *
  * Hot path. Messages come from the consumer POLL_BATCH at a time (one queue
- * lock, state lock and clock reading a batch, not a message; no offset store, the
- * positions go to the transaction); a rollback seeks back, so what is left of
- * the batch is dropped (rewinds). Heartbeats are read by evscan (no cJSON
- * tree), event times and output times go through small per-thread caches,
- * and the changelog and state CloudEvents are written straight into a buffer
- * on the committer thread.
+ * lock, state lock and clock reading a batch, not a message; no offset store,
+ * the positions go to the transaction); a rollback seeks back, so what is left
+ * of the batch is dropped (rewinds). Heartbeats, faults and boots are read by
+ * evscan (no cJSON tree), event times and output times go through small
+ * per-thread caches, and the changelog and state CloudEvents are written
+ * straight into a buffer on the committer thread.
  */
 #include "processor.h"
 
@@ -1951,17 +1951,25 @@ static int apply_event(struct processor *p, const struct kafka_msg *m, const cha
 }
 
 /*
- * The fast path for heartbeats, most of the input: read without a cJSON tree.
- * True when it handled the message (*rc says how); false sends it down the
- * full path, which also finds and names anything wrong with it.
+ * The fast path for the events whose envelope says all the rules need
+ * (heartbeats, most of the input, faults and boots): read without a cJSON
+ * tree. True when it handled the message (*rc says how); false sends it down
+ * the full path, which also finds and names anything wrong with it.
  */
-static bool heartbeat_fast(struct processor *p, const struct kafka_msg *m, const char *value,
-                           size_t len, int64_t now, int *rc)
+static bool event_fast(struct processor *p, const struct kafka_msg *m, const char *value,
+                       size_t len, int64_t now, int *rc)
 {
     struct evscan_envelope env;
-    struct robot_event re = {.kind = EVENT_HEARTBEAT};
-    if (!evscan_envelope(value, len, &env) || !evscan_is(&env.type, "robot.heartbeat") ||
-        !env.subject.s || env.subject.len > ROBOT_ID_MAX || !env.time.s ||
+    struct robot_event re = {.kind = EVENT_OTHER};
+    if (!evscan_envelope(value, len, &env))
+        return false;
+    if (evscan_is(&env.type, "robot.heartbeat"))
+        re.kind = EVENT_HEARTBEAT;
+    else if (evscan_is(&env.type, "robot.fault"))
+        re.kind = EVENT_FAULT;
+    else if (evscan_is(&env.type, "robot.booted"))
+        re.kind = EVENT_BOOTED;
+    if (re.kind == EVENT_OTHER || !env.subject.s || env.subject.len > ROBOT_ID_MAX || !env.time.s ||
         event_time(p, env.time.s, env.time.len, &re.occurred_ms) != 0)
         return false;
     re.id_hash = state_hash(env.id.s, env.id.len);
@@ -2115,7 +2123,7 @@ static void handle_message(struct processor *p, struct kafka_msg *m, int t, int6
         ps->next = kafka_msg_offset(m) + 1; /* tombstones of compacted inputs */
         return;
     }
-    if (t == T_EVENTS && heartbeat_fast(p, m, value, len, now, &rc)) {
+    if (t == T_EVENTS && event_fast(p, m, value, len, now, &rc)) {
         if (rc && p->txn_open) {
             abort_cycle(p);
             return;
