@@ -431,7 +431,8 @@ PY
 # Events/s through stream-processor with exactly-once on (transactions,
 # changelog, state outputs, Redis mirror) over BENCH_SP_EVENTS heartbeat-heavy
 # events for BENCH_ROBOTS robots, against the raw consume rate of the same topic
-# with a plain librdkafka consumer (kcat) in the same run (tests/bench/sp_bench.py).
+# with a plain librdkafka consumer (kcat) in the same run (tests/bench/sp_bench.py),
+# after BENCH_SP_WARMUP_TXNS (60) transactions that warm the broker's write path.
 bench_stream() {
   local broker=apache out json rc=0
   echo "== stream / $broker (${BENCH_SP_EVENTS:-1000000} events, ${BENCH_ROBOTS:-100000} robots)"

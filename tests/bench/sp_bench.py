@@ -1,7 +1,8 @@
 """stream-processor benchmark (scripts/bench.sh bench_stream).
 
-Fills robot.events.v1 with a heartbeat-heavy stream of BENCH_SP_EVENTS events
-for BENCH_ROBOTS robots (90% heartbeats, 5% status, 5% faults), measures the
+Warms the broker's transactional write path (warm_up), fills robot.events.v1
+with a heartbeat-heavy stream of BENCH_SP_EVENTS events for BENCH_ROBOTS
+robots (90% heartbeats, 5% status, 5% faults), measures the
 raw consume rate of the same topic with a plain librdkafka consumer (kcat, best
 of three reads) as the ceiling, then lets stream-processor (exactly-once
 transactions, changelog, state outputs, Redis mirror) process the whole topic
