@@ -2844,7 +2844,7 @@ static void *run(void *arg)
         do {
             struct kafka_msg *m = next < nbatch ? batch[next++] : NULL;
             step(p, m, mono, now);
-        } while (next < nbatch && p->rewinds == rewinds && !p->broken);
+        } while (next < nbatch && p->rewinds == rewinds && !p->broken && !atomic_load(&p->stop));
         pthread_mutex_unlock(&p->mu);
         if (p->broken && !atomic_load(&p->stop) && recover_producer(p) != 0)
             break;
