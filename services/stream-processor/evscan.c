@@ -184,10 +184,14 @@ static bool scan_value(struct scan *s, int depth)
     }
 }
 
+static bool span_eq(const struct evscan_span *sp, const char *lit, size_t n)
+{
+    return sp->len == n && memcmp(sp->s, lit, n) == 0;
+}
+
 bool evscan_is(const struct evscan_span *sp, const char *lit)
 {
-    size_t n = strlen(lit);
-    return sp->s && sp->len == n && memcmp(sp->s, lit, n) == 0;
+    return sp->s && span_eq(sp, lit, strlen(lit));
 }
 
 enum attr { A_SPECVERSION, A_ID, A_SOURCE, A_TYPE, A_SUBJECT, A_TIME, A_CONTENT_TYPE, A_COUNT };
@@ -201,11 +205,6 @@ static const struct {
     size_t len;
 } attr_names[A_COUNT] = {NAME("specversion"), NAME("id"),   NAME("source"),         NAME("type"),
                          NAME("subject"),     NAME("time"), NAME("datacontenttype")};
-
-static bool span_eq(const struct evscan_span *sp, const char *lit, size_t n)
-{
-    return sp->len == n && memcmp(sp->s, lit, n) == 0;
-}
 
 bool evscan_envelope(const char *json, size_t len, struct evscan_envelope *out)
 {

@@ -41,9 +41,10 @@ def create_topics():
     a = AdminClient({"bootstrap.servers": BS})
     compacted = {"robot.state.v1", "robot.registry.v1", "config.changes.v1",
                  "stream-processor.changelog.v1", *WARMUP_TOPICS}
-    names = WARMUP_TOPICS + ["robot.events.v1", "robot.state.v1", "robot.commands.v1", "robot.command-status.v1",
-             "robot.registry.v1", "config.changes.v1", "stream-processor.changelog.v1",
-             "robot.events.dlq.v1"]
+    names = WARMUP_TOPICS + [
+        "robot.events.v1", "robot.state.v1", "robot.commands.v1", "robot.command-status.v1",
+        "robot.registry.v1", "config.changes.v1", "stream-processor.changelog.v1",
+        "robot.events.dlq.v1"]
     new = [NewTopic(n, 12, 1, config={"cleanup.policy": "compact"} if n in compacted else {})
            for n in names]
     for f in a.create_topics(new).values():

@@ -12,11 +12,10 @@
 #include "fuzz.h"
 #include "timeutil.h"
 
-static int span_is(const struct evscan_span *sp, const char *s)
+/* Whether the span and the parsed attribute are both absent or hold the same text. */
+static bool span_is(const struct evscan_span *sp, const char *s)
 {
-    if (!sp->s)
-        return s == NULL;
-    return s && strlen(s) == sp->len && memcmp(sp->s, s, sp->len) == 0;
+    return sp->s ? s && evscan_is(sp, s) : s == NULL;
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

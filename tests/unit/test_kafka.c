@@ -349,8 +349,8 @@ static void test_produce_consume(void **state)
 }
 
 /*
- * Without a delivery callback (the stream-processor's producer): no delivery
- * reports to wait for, a flush still waits for every message; a prepared
+ * Without a delivery callback (the stream-processor's producer: librdkafka
+ * reports failures only), a flush still waits for every message; a prepared
  * topic is written through its kept handle, another one by name, and an
  * unknown partition of a prepared topic is refused at once.
  */
@@ -371,7 +371,6 @@ static void test_produce_without_callback(void **state)
         fail_msg("kafka_producer_new: %s", err);
     const char *topics[] = {prepared};
     assert_int_equal(kafka_producer_prepare(p, topics, 1, 10000), 0);
-    int before = atomic_load(&deliveries);
     for (int i = 0; i < NMSG; i++) {
         snprintf(value, sizeof(value), "value-%d", i);
         assert_int_equal(
@@ -383,7 +382,6 @@ static void test_produce_without_callback(void **state)
     assert_true(kafka_producer_send(p, prepared, 99, "k", 1, "x", 1, NULL, 0, NULL) < 0);
     assert_int_equal(kafka_producer_flush(p, 15000), 0);
     assert_int_equal(kafka_producer_outstanding(p), 0);
-    assert_int_equal(atomic_load(&deliveries), before);
     kafka_producer_free(p, 1000);
 
     const char *both[] = {prepared, other};
@@ -394,9 +392,8 @@ static void test_produce_without_callback(void **state)
         if (!m)
             fail_msg("only %d + %d of %d messages consumed", got[0], got[1], 2 * NMSG);
         int t = strcmp(kafka_msg_topic(m), prepared) == 0 ? 0 : 1;
-        if (t == 1)
-            assert_string_equal(kafka_msg_topic(m), other);
         if (t == 1) { /* one key: one partition, in order */
+            assert_string_equal(kafka_msg_topic(m), other);
             snprintf(value, sizeof(value), "value-%d", got[1]);
             assert_true(value_is(m, value));
         } else { /* value-i went to partition i % 2, in order there */
