@@ -83,6 +83,13 @@ $(BUILD)/tests/%: $(BUILD)/obj/tests/unit/%.o $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
 
+# the stream-processor's robot table, tested on its own
+$(BUILD)/tests/test_robot_table: $(BUILD)/obj/tests/unit/test_robot_table.o \
+    $(BUILD)/obj/services/stream-processor/state.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
+$(BUILD)/obj/tests/unit/test_robot_table.o: CFLAGS += -Iservices/stream-processor
+
 asan:
 	$(MAKE) -j$(shell nproc) BUILD=build-asan OPT=-O1 \
 	  SANFLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" all

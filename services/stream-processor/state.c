@@ -82,7 +82,7 @@ static size_t slot_of(const struct robot_table *t, const char *id, size_t idlen)
 
 static bool id_equal(const struct robot *r, const char *id, size_t idlen)
 {
-    return strncmp(r->id, id, idlen) == 0 && r->id[idlen] == '\0';
+    return r->idlen == idlen && memcmp(r->id, id, idlen) == 0;
 }
 
 struct robot *robot_table_get(const struct robot_table *t, const char *id, size_t idlen)
@@ -94,6 +94,20 @@ struct robot *robot_table_get(const struct robot_table *t, const char *id, size_
         if (id_equal(r, id, idlen))
             return r;
     }
+}
+
+void robot_table_prefetch(const struct robot_table *t, const char *id, size_t idlen, bool robot)
+{
+    struct robot *const *slot = &t->slots[slot_of(t, id, idlen)];
+    if (!robot) {
+        __builtin_prefetch(slot);
+        return;
+    }
+    const char *r = (const char *)*slot;
+    if (!r)
+        return;
+    for (size_t off = 0; off < sizeof(struct robot) + idlen + 1; off += 64)
+        __builtin_prefetch(r + off, 1);
 }
 
 static void table_insert(struct robot_table *t, struct robot *r)
@@ -125,6 +139,7 @@ struct robot *robot_table_add(struct robot_table *t, const char *id, size_t idle
     struct robot *r = xcalloc(1, sizeof(*r) + idlen + 1);
     r->id = (char *)(r + 1);
     memcpy(r->id, id, idlen);
+    r->idlen = (uint8_t)idlen;
     r->partition = partition;
     r->heap_idx = HEAP_NONE;
     r->last_offset = -1;

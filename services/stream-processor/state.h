@@ -70,6 +70,7 @@ struct robot {
     uint8_t last_reason;
     uint8_t command_active; /* a non-terminal command status was seen */
     uint8_t flags;          /* ROBOT_F_*, transaction bookkeeping (not saved) */
+    uint8_t idlen;          /* strlen(id), at most ROBOT_ID_MAX */
 };
 
 #define ROBOT_F_DIRTY   0x01 /* changed in the open transaction */
@@ -94,6 +95,8 @@ struct robot *robot_table_get(const struct robot_table *t, const char *id, size_
 struct robot *robot_table_add(struct robot_table *t, const char *id, size_t idlen,
                               int32_t partition);
 /* Removes and frees r (the caller has taken it off the heap). */
+/* A cache hint for a lookup of id: its slot, or (robot) the robot the slot holds. */
+void robot_table_prefetch(const struct robot_table *t, const char *id, size_t idlen, bool robot);
 void robot_table_remove(struct robot_table *t, struct robot *r);
 size_t robot_table_count(const struct robot_table *t);
 /* Bytes held: robots, ids and slots. */
