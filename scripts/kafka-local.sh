@@ -51,6 +51,8 @@ start() {
   fi
   local port=${KAFKA_PORT:-$(free_port)} cport
   cport=$(free_port)
+  # the system may hand out the same free port twice in a row: the two listeners need two
+  while [ "$cport" = "$port" ]; do cport=$(free_port); done
   rm -rf "$KAFKA_DIR/data"
   cat > "$KAFKA_DIR/log4j.properties" <<P
 log4j.rootLogger=INFO, file

@@ -345,12 +345,14 @@ def test_automatic_requests_follow_robot_policy_and_windows(start, world, kafka)
     soft_only = world.robot(modes=("soft",))
     assert api.wait_state(kafka.automatic(soft_only, mode="hard"), "rejected")["rule"] == \
         "robot_policy"
-    # non-urgent (soft) automatic reboots wait for the robot's window: 03:00 UTC daily
-    windowed = world.robot(window={"cron": "0 3 * * *", "duration_s": 3600})
+    # non-urgent (soft) automatic reboots wait for the robot's window: an hour a day that
+    # starts 12 hours from now, so the test never runs inside it
+    hour = (time.gmtime().tm_hour + 12) % 24
+    windowed = world.robot(window={"cron": f"0 {hour} * * *", "duration_s": 3600})
     cid = kafka.automatic(windowed, mode="soft", reason="fault_storm")
     doc = api.wait_state(cid, "scheduled")
     at = doc["scheduled_for"]
-    assert at.endswith("T03:00:00.000Z"), at
+    assert at.endswith(f"T{hour:02d}:00:00.000Z"), at
     # urgent (hard) ones go now
     cid = kafka.automatic(windowed, mode="hard")
     api.wait_state(cid, "dispatched")
