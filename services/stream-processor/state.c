@@ -112,7 +112,7 @@ void robot_table_prefetch(const struct robot_table *t, const char *id, size_t id
 
 static void table_insert(struct robot_table *t, struct robot *r)
 {
-    size_t i = slot_of(t, r->id, strlen(r->id));
+    size_t i = slot_of(t, r->id, r->idlen);
     while (t->slots[i])
         i = (i + 1) & (t->nslots - 1);
     t->slots[i] = r;
@@ -153,13 +153,13 @@ struct robot *robot_table_add(struct robot_table *t, const char *id, size_t idle
 void robot_table_remove(struct robot_table *t, struct robot *r)
 {
     size_t mask = t->nslots - 1;
-    size_t i = slot_of(t, r->id, strlen(r->id));
+    size_t i = slot_of(t, r->id, r->idlen);
     while (t->slots[i] != r)
         i = (i + 1) & mask;
     /* Backward shift: move later members of the probe run into the hole. */
     size_t hole = i;
     for (size_t j = (i + 1) & mask; t->slots[j]; j = (j + 1) & mask) {
-        size_t home = slot_of(t, t->slots[j]->id, strlen(t->slots[j]->id));
+        size_t home = slot_of(t, t->slots[j]->id, t->slots[j]->idlen);
         bool movable = hole <= j ? (home <= hole || home > j) : (home <= hole && home > j);
         if (movable) {
             t->slots[hole] = t->slots[j];
@@ -168,7 +168,7 @@ void robot_table_remove(struct robot_table *t, struct robot *r)
     }
     t->slots[hole] = NULL;
     t->count--;
-    t->id_bytes -= strlen(r->id) + 1;
+    t->id_bytes -= (size_t)r->idlen + 1;
     free(r);
 }
 

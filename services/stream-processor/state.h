@@ -94,9 +94,9 @@ struct robot *robot_table_get(const struct robot_table *t, const char *id, size_
 /* Creates a zeroed robot (status unknown) for id; the table owns it. */
 struct robot *robot_table_add(struct robot_table *t, const char *id, size_t idlen,
                               int32_t partition);
-/* Removes and frees r (the caller has taken it off the heap). */
 /* A cache hint for a lookup of id: its slot, or (robot) the robot the slot holds. */
 void robot_table_prefetch(const struct robot_table *t, const char *id, size_t idlen, bool robot);
+/* Removes and frees r (the caller has taken it off the heap). */
 void robot_table_remove(struct robot_table *t, struct robot *r);
 size_t robot_table_count(const struct robot_table *t);
 /* Bytes held: robots, ids and slots. */
