@@ -33,8 +33,8 @@
  * (commit_finish). Rebalances, shutdown and producer replacement wait for the
  * commit in flight first.
  *
- * Heartbeat checkpoints. A change made only by heartbeats (no derived state
- * change, no request) is not written to the changelog at once: the robot
+ * Heartbeat checkpoints. A change made only by heartbeats and status reports
+ * (no derived state change, no request) is not written to the changelog at once: the robot
  * joins its events partition's queue of unsaved robots (struct unsaved_q) and
  * its record goes out once its oldest unsaved heartbeat is
  * stream.changelog_heartbeat_s old (unsaved_due), with any other change of
@@ -174,7 +174,8 @@ const struct cfg_key processor_config_keys[] = {
     {"stream.mirror_heartbeat_s", CFG_INT, "10", 0, 3600, true, NULL,
      "heartbeat-only changes reach the Redis mirror at most this often per robot (0 = always)"},
     {"stream.changelog_heartbeat_s", CFG_INT, "2", 0, 300, true, NULL,
-     "heartbeat-only changes reach the changelog at most this often per robot (0 = every "
+     "changes by heartbeats and status reports alone (no derived state change) reach the "
+     "changelog at most this often per robot (0 = every "
      "cycle); the committed robot.events.v1 offset waits for them, so a restart replays up to "
      "this much"},
     {"stream.group_id", CFG_STRING, "stream-processor", 1, 200, false, "STREAM_GROUP_ID",
@@ -547,8 +548,8 @@ static int txn_ensure(struct processor *p)
 
 /*
  * Saves r's pre-image once per transaction and marks it dirty; its changelog
- * record goes into the cycle unless the change is light (heartbeats only, see
- * apply_event).
+ * record goes into the cycle unless the change is light (a heartbeat or a
+ * status report, see apply_event).
  */
 static void touch_as(struct processor *p, struct robot *r, bool created, bool light)
 {
@@ -1927,7 +1928,10 @@ static int apply_event(struct processor *p, const struct kafka_msg *m, const cha
     int rc = txn_ensure(p);
     if (rc)
         return rc;
-    bool light = re->kind == EVENT_HEARTBEAT && p->set.changelog_heartbeat_ms > 0;
+    /* a heartbeat or status report changes what a replay brings back the same way (times,
+     * the dedupe ring, the version) unless it changes the derived state or makes a request */
+    bool light = (re->kind == EVENT_HEARTBEAT || re->kind == EVENT_STATUS) &&
+                 p->set.changelog_heartbeat_ms > 0;
     r = robot_found(p, r, id, len, kafka_msg_partition(m), light);
     struct derived before = derive(p, r, now);
     struct rules_request req = {0};
@@ -1937,7 +1941,7 @@ static int apply_event(struct processor *p, const struct kafka_msg *m, const cha
     arm(p, r);
     if (light && !(r->flags & ROBOT_F_SAVE)) {
         if ((r->flags & ROBOT_F_EMIT) || req.reason != REASON_NONE)
-            r->flags |= ROBOT_F_SAVE; /* more than a heartbeat: saved with its outputs */
+            r->flags |= ROBOT_F_SAVE; /* outputs: the robot is saved with them */
         else if (!r->unsaved)
             unsaved_push(p, r, r->last_offset, p->mono);
     }
@@ -2706,7 +2710,14 @@ static int connect_kafka(struct processor *p, char *errbuf, size_t errsize)
      * memory budget. More is faster under backlog (librdkafka 2.0 stops fetching for 1 s
      * when the queue fills during a commit): raise it in kafka.properties if memory allows. */
     props[np++] = (struct kafka_prop){"queued.max.messages.kbytes", "8192"};
-    for (size_t i = 0; i < p->nprops && np < 78; i++)
+    /* Partition-aligned cycles. A fetch brings up to 1 MiB per partition by default, so the
+     * consumer queue holds runs of ~2,000 messages per partition and a 10,000-event cycle spans
+     * 6-7 partitions, each a produce request per output topic, a transaction verification and
+     * a commit marker. Runs of up to 4 MiB (a response still at most 8 MiB) bring a cycle down
+     * to ~2.5 partitions: ~25 % shorter commits, ~10 % more events/s in the bench. */
+    props[np++] = (struct kafka_prop){"max.partition.fetch.bytes", "4194304"};
+    props[np++] = (struct kafka_prop){"fetch.max.bytes", "8388608"};
+    for (size_t i = 0; i < p->nprops && np < 76; i++)
         props[np++] = p->props[i];
     /* partition ends tell when a partition has caught up (offline verdicts wait for it) */
     props[np++] = (struct kafka_prop){"enable.partition.eof", "true"};

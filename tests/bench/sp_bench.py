@@ -104,9 +104,11 @@ def fill(workdir):
     os.unlink(path)
 
 
-# The processor's consumer settings (kafka_consumer_new's defaults and the
-# benchmark configuration below): the ceiling reads the same topic the same way.
-FETCH = {"isolation.level": "read_committed", "queued.max.messages.kbytes": "8192"}
+# The processor's consumer settings (kafka_consumer_new's and connect_kafka's
+# defaults, and the benchmark configuration below): the ceiling reads the same
+# topic the same way.
+FETCH = {"isolation.level": "read_committed", "queued.max.messages.kbytes": "8192",
+         "max.partition.fetch.bytes": "4194304", "fetch.max.bytes": "8388608"}
 
 
 RAW_RUNS = 3

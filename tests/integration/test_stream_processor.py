@@ -364,9 +364,10 @@ def kill9(p):
 
 def test_heartbeat_checkpoints_hold_the_offset_and_replay_exactly(exclusive, infra, tmp_path,
                                                                    feed):
-    """Heartbeat-only changes wait up to changelog_heartbeat_s for the changelog;
-    the committed offset waits for them, so kill -9 loses nothing: the restart
-    replays them (same heartbeat, same version); SIGTERM saves them."""
+    """Changes made only by heartbeats and status reports (no derived state
+    change) wait up to changelog_heartbeat_s for the changelog; the committed
+    offset waits for them, so kill -9 loses nothing: the restart replays them
+    (same heartbeat, same version); SIGTERM saves them."""
     group, instance = uid("sp-ckpt"), uid("ckpt")
     kw = dict(group=group, instance=instance, changelog_heartbeat_s=300, offline_after_s=60)
     p = start_sp(tmp_path, infra, name="ckpt", **kw)
@@ -376,6 +377,9 @@ def test_heartbeat_checkpoints_hold_the_offset_and_replay_exactly(exclusive, inf
     base = time.time()
     for k in range(3):  # the first makes the robot online (saved), the others only beat
         for rb in robots:
+            if k == 1:  # an idle report of an online robot: no derived change either
+                feed.event(rb, "robot.status", base + k - 0.5, data={"status": "idle"},
+                           flush=False)
             feed.event(rb, "robot.heartbeat", base + k, flush=False)
         feed.p.flush(10)
         if k == 0:
@@ -388,9 +392,9 @@ def test_heartbeat_checkpoints_hold_the_offset_and_replay_exactly(exclusive, inf
     versions = {rb: state(p, rb)[1]["version"] for rb in robots}
     time.sleep(1)  # several commits
     msgs = read_topic(EVENTS, set(robots))
-    second = {}  # by partition: offset of the earliest second heartbeat
+    second = {}  # by partition: offset of the earliest status report (before the 2nd beat)
     for m in msgs:
-        if m["value"]["time"] == iso(base + 1):
+        if m["value"]["time"] == iso(base + 0.5):
             second[m["partition"]] = min(second.get(m["partition"], 1 << 62), m["offset"])
     held = committed(group, second)
     assert all(0 <= held[q] <= second[q] for q in second), (held, second)
