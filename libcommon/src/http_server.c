@@ -111,7 +111,7 @@ struct http_server {
     struct route *routes;
     size_t nroutes;
     size_t routes_cap;
-    bool quiesced;
+    atomic_bool quiesced; /* set by the stopping thread, read by the MHD workers */
     atomic_size_t inflight;
     struct metric *m_requests; /* NULL without opt->metrics */
     struct metric *m_duration;
@@ -835,6 +835,10 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         *con_cls = r;
         r->counted = true;
         atomic_fetch_add(&s->inflight, 1);
+        /* A keep-alive connection may start a request after the drain saw nothing in
+         * flight: no handler may take work that the shutdown would not wait for. */
+        if (atomic_load(&s->quiesced))
+            return respond_problem_now(r, MHD_HTTP_SERVICE_UNAVAILABLE, "server shutting down");
         if (content_length_too_big(r))
             return respond_problem_now(r, MHD_HTTP_CONTENT_TOO_LARGE,
                                        "request body larger than the limit");
@@ -924,6 +928,7 @@ struct http_server *http_server_new(const struct http_server_options *opt, char 
     s->conn_timeout_s = opt->conn_timeout_s ? opt->conn_timeout_s : DEFAULT_CONN_TIMEOUT_S;
     s->max_connections = opt->max_connections ? opt->max_connections : DEFAULT_MAX_CONNECTIONS;
     atomic_init(&s->inflight, 0);
+    atomic_init(&s->quiesced, false);
     pthread_mutex_init(&s->lock, NULL);
     if (opt->metrics) {
         static const char *const req_labels[] = {"route", "method", "code"};
@@ -999,9 +1004,9 @@ uint16_t http_server_port(const struct http_server *s)
 
 void http_server_quiesce(struct http_server *s)
 {
-    if (!s || !s->daemon || s->quiesced)
+    if (!s || !s->daemon || atomic_load(&s->quiesced))
         return;
-    s->quiesced = true;
+    atomic_store(&s->quiesced, true);
     MHD_socket fd = MHD_quiesce_daemon(s->daemon);
     if (fd != MHD_INVALID_SOCKET)
         close(fd);

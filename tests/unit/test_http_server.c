@@ -902,6 +902,37 @@ static void test_quiesce(void **state)
     assert_true(http_server_drain(fx->srv, 1000));
 }
 
+/*
+ * A keep-alive connection may start a request after quiesce (and after the
+ * drain saw nothing in flight): it is refused with 503, and no handler takes
+ * work that the shutdown would not wait for.
+ */
+static void test_quiesce_refuses_keepalive_requests(void **state)
+{
+    struct fixture *fx = *state;
+    struct result res;
+    result_init(&res);
+    CURL *c = easy_new(&res, "GET", port_of(state), "/v1/robots/r1", NULL);
+    assert_int_equal(curl_easy_perform(c), CURLE_OK);
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &res.status);
+    assert_int_equal(res.status, 201); /* h_echo's */
+    int calls = atomic_load(&fx->handler_calls);
+    long conns = -1;
+
+    http_server_quiesce(fx->srv);
+    buf_reset(&res.body);
+    assert_int_equal(curl_easy_perform(c), CURLE_OK); /* the same connection */
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &res.status);
+    curl_easy_getinfo(c, CURLINFO_NUM_CONNECTS, &conns);
+    assert_int_equal(conns, 0);
+    assert_int_equal(res.status, 503);
+    assert_non_null(strstr(res.body.data, "server shutting down"));
+    assert_int_equal(atomic_load(&fx->handler_calls), calls);
+    assert_true(http_server_drain(fx->srv, 1000));
+    curl_easy_cleanup(c);
+    result_release(&res);
+}
+
 static void test_free_with_suspended(void **state)
 {
     struct fixture *fx = *state;
@@ -1045,6 +1076,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_many_suspended, setup, teardown),
         cmocka_unit_test_setup_teardown(test_drain, setup, teardown),
         cmocka_unit_test_setup_teardown(test_quiesce, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_quiesce_refuses_keepalive_requests, setup, teardown),
         cmocka_unit_test_setup_teardown(test_free_with_suspended, setup, teardown),
         cmocka_unit_test_setup_teardown(test_free_idle, setup, teardown),
         cmocka_unit_test_setup_teardown(test_failures, setup, teardown),
