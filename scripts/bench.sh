@@ -433,6 +433,8 @@ PY
 # events for BENCH_ROBOTS robots, against the raw consume rate of the same topic
 # with a plain librdkafka consumer (kcat) in the same run (tests/bench/sp_bench.py),
 # after BENCH_SP_WARMUP_TXNS (60) transactions that warm the broker's write path.
+# For diagnosis: BENCH_SP_LOG_LEVEL, BENCH_SP_KAFKA ("debug=eos;linger.ms=2") and
+# BENCH_SP_STREAM ("changelog_heartbeat_s=300") change the processor's settings.
 bench_stream() {
   local broker=apache out json rc=0
   echo "== stream / $broker (${BENCH_SP_EVENTS:-1000000} events, ${BENCH_ROBOTS:-100000} robots)"

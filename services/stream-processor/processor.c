@@ -36,10 +36,10 @@
  * Heartbeat checkpoints. A change made only by heartbeats and status reports
  * (no derived state change, no request) is not written to the changelog at once: the robot
  * joins its events partition's queue of unsaved robots (struct unsaved_q) and
- * its record goes out once its oldest unsaved heartbeat is
+ * its record goes out once the oldest of those events not saved is
  * stream.changelog_heartbeat_s old (unsaved_due), with any other change of
  * the robot, or when the partition is flushed. Meanwhile the offset committed
- * for that partition stays at the oldest unsaved heartbeat (events_target),
+ * for that partition stays at the oldest unsaved event (events_target),
  * so a restart, a rebalance or an abort replays them. Each robot keeps the
  * events offset of the last event it applied (saved in its record), and an
  * event at or below it is skipped (stream_replayed_events_total): the replay
@@ -256,6 +256,7 @@ struct cl_item {
     size_t off; /* in the arena: the robot id, NUL, the payload */
     uint32_t len, idlen;
     uint8_t kind;
+    uint8_t sent; /* produced (produce_items) */
     int32_t partition;
     uint64_t version;
     int64_t updated_ms;
@@ -273,6 +274,8 @@ struct handoff {
     size_t nparts, parts_cap;
     struct cl_item *items;
     size_t nitems, items_cap;
+    uint8_t *opened; /* by partition: the topics produce_items opened (1 changelog, 2 state) */
+    size_t opened_cap;
     char *arena;
     size_t arena_len, arena_cap;
     struct undo *undo;
@@ -1423,48 +1426,93 @@ static void mirror_stop(struct processor *p)
     p->mirror_running = false;
 }
 
-/* The committer's side: produces the handed-off cycle's records. 0 or negative. */
+/*
+ * Produces item i of the hand-off (with the robot.state.v1 message right after it, if any):
+ * the changelog record or the two tombstones. Marks what it produced as sent. 0 or negative.
+ */
+static int produce_group(struct processor *p, size_t i, const struct kafka_header *cycle)
+{
+    struct handoff *h = &p->ho;
+    struct cl_item *it = &h->items[i];
+    const char *id = h->arena + it->off;
+    const uint8_t *rec = (const uint8_t *)id + it->idlen + 1;
+    int rc;
+    it->sent = 1;
+    if (it->kind == CL_DELETE) {
+        rc = kafka_producer_send(p->producer, TOPIC_SP_CHANGELOG, it->partition, id, it->idlen,
+                                 NULL, 0, cycle, 1, NULL);
+        if (rc == 0)
+            rc = kafka_producer_send(p->producer, TOPIC_ROBOT_STATE, it->partition, id, it->idlen,
+                                     NULL, 0, cycle, 1, NULL);
+        return rc;
+    }
+    rc = changelog_event(p->group_json, &p->cm_tc, id, it->version, it->updated_ms, rec, it->len,
+                         &p->cm_buf);
+    if (rc == 0)
+        rc = kafka_producer_send(p->producer, TOPIC_SP_CHANGELOG, it->partition, id, it->idlen,
+                                 p->cm_buf.data, p->cm_buf.len, cycle, 1, NULL);
+    if (rc || i + 1 >= h->nitems || h->items[i + 1].kind != CL_STATE)
+        return rc;
+    /* its state message: the robot as the record just produced has it */
+    struct cl_item *st = &h->items[i + 1];
+    struct robot r = {.id = (char *)id, .partition = it->partition};
+    struct state_extra x;
+    char tp[TRACE_PARENT_LEN];
+    st->sent = 1;
+    memcpy(&x, h->arena + st->off + st->idlen + 1, sizeof(x));
+    rc = changelog_decode(&r, rec, it->len) == 0 ? 0 : -EINVAL;
+    if (rc == 0)
+        rc = state_event(&p->cm_tc, &r, &x, &p->cm_buf);
+    trace_parent_child(NULL, tp);
+    struct kafka_header own = {"traceparent", tp, TRACE_PARENT_LEN - 1};
+    if (rc == 0)
+        rc = kafka_producer_send(p->producer, TOPIC_ROBOT_STATE, it->partition, id, it->idlen,
+                                 p->cm_buf.data, p->cm_buf.len, &own, 1, NULL);
+    return rc;
+}
+
+/*
+ * The committer's side: produces the handed-off cycle's records. librdkafka
+ * registers a partition with the transaction (AddPartitionsToTxn) 1 ms after
+ * the first record to it, and a partition that shows up while that request is
+ * out waits for it and for a round of its own before its records can go: so
+ * the first record of each partition of each topic goes first, and one round
+ * registers them all while the rest are built. Records of one robot keep their
+ * order (a robot has one group of items a cycle). 0 or negative.
+ */
 static int produce_items(struct processor *p)
 {
-    const struct handoff *h = &p->ho;
-    char trace[TRACE_PARENT_LEN], tp[TRACE_PARENT_LEN];
+    struct handoff *h = &p->ho;
+    char trace[TRACE_PARENT_LEN];
     int rc = 0;
     trace_parent_new(trace); /* one trace for the cycle's changelog records */
     struct kafka_header cycle = {"traceparent", trace, TRACE_PARENT_LEN - 1};
-    const uint8_t *rec = NULL; /* the last CL_RECORD's */
-    size_t rec_len = 0;
+    int32_t top = -1;
+    for (size_t i = 0; i < h->nitems; i++)
+        top = h->items[i].partition > top ? h->items[i].partition : top;
+    if ((size_t)(top + 1) > h->opened_cap) {
+        h->opened_cap = (size_t)top + 1;
+        h->opened = xrealloc(h->opened, h->opened_cap);
+    }
+    if (top >= 0)
+        memset(h->opened, 0, (size_t)top + 1);
     for (size_t i = 0; i < h->nitems && rc == 0; i++) {
         const struct cl_item *it = &h->items[i];
-        const char *id = h->arena + it->off;
-        const uint8_t *payload = (const uint8_t *)id + it->idlen + 1;
-        if (it->kind == CL_DELETE) {
-            rc = kafka_producer_send(p->producer, TOPIC_SP_CHANGELOG, it->partition, id, it->idlen,
-                                     NULL, 0, &cycle, 1, NULL);
-            if (rc == 0)
-                rc = kafka_producer_send(p->producer, TOPIC_ROBOT_STATE, it->partition, id,
-                                         it->idlen, NULL, 0, &cycle, 1, NULL);
-        } else if (it->kind == CL_RECORD) {
-            rec = payload;
-            rec_len = it->len;
-            rc = changelog_event(p->group_json, &p->cm_tc, id, it->version, it->updated_ms, payload,
-                                 it->len, &p->cm_buf);
-            if (rc == 0)
-                rc = kafka_producer_send(p->producer, TOPIC_SP_CHANGELOG, it->partition, id,
-                                         it->idlen, p->cm_buf.data, p->cm_buf.len, &cycle, 1, NULL);
-        } else {
-            /* the robot as its record (just produced) has it */
-            struct robot r = {.id = (char *)id, .partition = it->partition};
-            struct state_extra x;
-            memcpy(&x, payload, sizeof(x));
-            rc = rec && changelog_decode(&r, rec, rec_len) == 0 ? 0 : -EINVAL;
-            if (rc == 0)
-                rc = state_event(&p->cm_tc, &r, &x, &p->cm_buf);
-            trace_parent_child(NULL, tp);
-            struct kafka_header own = {"traceparent", tp, TRACE_PARENT_LEN - 1};
-            if (rc == 0)
-                rc = kafka_producer_send(p->producer, TOPIC_ROBOT_STATE, it->partition, id,
-                                         it->idlen, p->cm_buf.data, p->cm_buf.len, &own, 1, NULL);
-        }
+        if (it->kind == CL_STATE || it->partition < 0)
+            continue;
+        uint8_t topics =
+            1 |
+            (it->kind == CL_DELETE || (i + 1 < h->nitems && h->items[i + 1].kind == CL_STATE) ? 2
+                                                                                              : 0);
+        uint8_t *o = &h->opened[it->partition];
+        if ((topics & ~*o) == 0)
+            continue;
+        *o |= topics;
+        rc = produce_group(p, i, &cycle);
+    }
+    for (size_t i = 0; i < h->nitems && rc == 0; i++) {
+        if (!h->items[i].sent && h->items[i].kind != CL_STATE)
+            rc = produce_group(p, i, &cycle);
     }
     return rc;
 }
@@ -1693,7 +1741,7 @@ static void item_add(struct handoff *h, enum cl_kind kind, const struct robot *r
         h->arena = xrealloc(h->arena, h->arena_cap);
     }
     h->items[h->nitems++] =
-        (struct cl_item){h->arena_len, (uint32_t)len, (uint32_t)idlen, (uint8_t)kind,
+        (struct cl_item){h->arena_len, (uint32_t)len, (uint32_t)idlen, (uint8_t)kind, 0,
                          r->partition, r->version,    r->updated_ms};
     memcpy(h->arena + h->arena_len, r->id, idlen + 1);
     if (len)
@@ -3161,6 +3209,7 @@ void processor_free(struct processor *p)
     buf_release(&p->out_buf);
     buf_release(&p->cm_buf);
     free(p->ho.items);
+    free(p->ho.opened);
     free(p->ho.arena);
     free(p->catchup);
     free(p->mirror);

@@ -29,8 +29,19 @@ ROBOTS = int(os.environ.get("BENCH_ROBOTS", "100000"))
 CYCLE_EVENTS = int(os.environ.get("BENCH_SP_CYCLE_EVENTS", "10000"))
 WARMUP_TXNS = int(os.environ.get("BENCH_SP_WARMUP_TXNS", "60"))
 WARMUP_TOPICS = ["bench.warmup.changelog", "bench.warmup.state"]
+# diagnosis: the processor's log level, and ";"-separated name=value pairs added to its
+# kafka.properties (librdkafka's, e.g. "debug=eos") and to its stream settings (e.g.
+# "changelog_heartbeat_s=300"); the figures of a run with either are not the benchmark's
+LOG_LEVEL = os.environ.get("BENCH_SP_LOG_LEVEL", "warn")
+EXTRA_KAFKA = os.environ.get("BENCH_SP_KAFKA", "")
+EXTRA_STREAM = os.environ.get("BENCH_SP_STREAM", "")
 TOPIC = "robot.events.v1"
 CLK = os.sysconf("SC_CLK_TCK")
+
+
+def pairs(text):
+    """The name=value pairs of a ";"-separated list."""
+    return [tuple(x.strip() for x in item.split("=", 1)) for item in text.split(";") if "=" in item]
 
 
 def iso(ms):
@@ -189,12 +200,17 @@ def main():
           f"{raw:.0f}/s (runs: {', '.join(map(str, raws))})", flush=True)
 
     cfg = os.path.join(workdir, "sp-bench.yaml")
+    if LOG_LEVEL != "warn" or EXTRA_KAFKA or EXTRA_STREAM:
+        print(f"diagnostic settings (not the benchmark's): log {LOG_LEVEL}, kafka "
+              f"{pairs(EXTRA_KAFKA)}, stream {pairs(EXTRA_STREAM)}", flush=True)
     with open(cfg, "w") as f:
-        f.write("log:\n  level: warn\nkafka:\n  properties:\n"
+        f.write(f"log:\n  level: {LOG_LEVEL}\nkafka:\n  properties:\n" +
+                "".join(f"    {k}: {v}\n" for k, v in pairs(EXTRA_KAFKA)) +
                 f"    queued.max.messages.kbytes: {FETCH['queued.max.messages.kbytes']}\n"
                 "stream:\n  offline_after_s: 3600\n  cycle_ms: 100\n"
                 f"  cycle_max_events: {CYCLE_EVENTS}\n"
-                "  mirror_heartbeat_s: 10\n")
+                "  mirror_heartbeat_s: 10\n" +
+                "".join(f"  {k}: {v}\n" for k, v in pairs(EXTRA_STREAM)))
     port = int(os.environ["SP_PORT"])
     env = dict(os.environ, HTTP_PORT=str(port), STREAM_GROUP_ID="sp-bench-%d" % os.getpid(),
                STREAM_INSTANCE_ID="bench", CONFIG_CACHE_DIR=os.path.join(workdir, "sp-cache"))
