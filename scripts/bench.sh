@@ -432,7 +432,8 @@ PY
 # changelog, state outputs, Redis mirror) over BENCH_SP_EVENTS heartbeat-heavy
 # events for BENCH_ROBOTS robots, against the raw consume rate of the same topic
 # with a plain librdkafka consumer (kcat) in the same run (tests/bench/sp_bench.py),
-# after BENCH_SP_WARMUP_TXNS (60) transactions that warm the broker's write path.
+# after BENCH_SP_WARMUP_TXNS (60) transactions that warm the broker's write path;
+# the processor runs BENCH_SP_RUNS (3) times, best of them against the best raw read.
 # For diagnosis: BENCH_SP_LOG_LEVEL, BENCH_SP_KAFKA ("debug=eos;linger.ms=2") and
 # BENCH_SP_STREAM ("changelog_heartbeat_s=300") change the processor's settings.
 bench_stream() {

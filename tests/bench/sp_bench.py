@@ -6,8 +6,11 @@ robots (90% heartbeats, 5% status, 5% faults), measures the
 raw consume rate of the same topic with a plain librdkafka consumer (kcat, best
 of three reads) as the ceiling, then lets stream-processor (exactly-once
 transactions, changelog, state outputs, Redis mirror) process the whole topic
-and measures events/s, CPU (its own, the broker's, Redis's, and what the
-machine left idle), peak RSS and robots held. Prints one JSON line last.
+BENCH_SP_RUNS times (3), each from scratch, and measures events/s, CPU (its
+own, the broker's, Redis's, and what the machine left idle), peak RSS and
+robots held. Both sides are the best of three (a single run of either varies
+by a third or more on a shared 2-core machine); the medians and every run are
+reported too. Prints one JSON line last.
 
     python3 tests/bench/sp_bench.py BUILD WORKDIR
 """
@@ -123,6 +126,8 @@ FETCH = {"isolation.level": "read_committed", "queued.max.messages.kbytes": "819
 
 
 RAW_RUNS = 3
+# the processor's runs: its figure is the best of them, as the ceiling's is the best of RAW_RUNS
+SP_RUNS = int(os.environ.get("BENCH_SP_RUNS", "3"))
 
 
 def raw_once():
@@ -212,9 +217,42 @@ def main():
                 "  mirror_heartbeat_s: 10\n" +
                 "".join(f"  {k}: {v}\n" for k, v in pairs(EXTRA_STREAM)))
     port = int(os.environ["SP_PORT"])
-    env = dict(os.environ, HTTP_PORT=str(port), STREAM_GROUP_ID="sp-bench-%d" % os.getpid(),
+    open(os.path.join(workdir, "logs", "stream-processor.log"), "wb").close()
+    runs = []
+    for k in range(SP_RUNS):
+        r = sp_run(build, workdir, cfg, port, k)
+        if "error" in r:
+            print(json.dumps(r))
+            return 1
+        print(f"processor run {k + 1}: {r['events_per_s']} events/s, {r['cpu_cores']} cores, "
+              f"commits {r['commit_ms_avg']} ms", flush=True)
+        runs.append(r)
+    best = max(runs, key=lambda r: r["events_per_s"])
+    rates = sorted(r["events_per_s"] for r in runs)
+    out = {"events_per_s": best["events_per_s"], "raw_per_s": round(raw),
+           "ratio": round(best["events_per_s"] / raw, 3),
+           "events_per_s_median": rates[len(rates) // 2],
+           "raw_per_s_median": sorted(raws)[len(raws) // 2],
+           "ratio_median": round(rates[len(rates) // 2] / sorted(raws)[len(raws) // 2], 3),
+           "runs": [r["events_per_s"] for r in runs]}
+    out.update({k: v for k, v in best.items() if k != "events_per_s"})
+    out["rss_mib_peak"] = max(r["rss_mib_peak"] for r in runs)
+    out["exit"] = max(r["exit"] for r in runs)
+    print(json.dumps(out))
+    return 0 if out["exit"] == 0 else 1
+
+
+def sp_run(build, workdir, cfg, port, k):
+    """One run of the processor over the whole topic, in a consumer group of its
+    own (so it starts from the first event with no state; the changelog records
+    of earlier runs belong to other groups and are skipped) and with an empty
+    Redis (the mirror's guard would otherwise skip the writes of robots whose
+    versions an earlier run took higher)."""
+    subprocess.run(["redis-cli", "-u", os.environ["REDIS_URL"], "FLUSHALL"], check=True,
+                   capture_output=True)
+    env = dict(os.environ, HTTP_PORT=str(port), STREAM_GROUP_ID="sp-bench-%d-%d" % (os.getpid(), k),
                STREAM_INSTANCE_ID="bench", CONFIG_CACHE_DIR=os.path.join(workdir, "sp-cache"))
-    log = open(os.path.join(workdir, "logs", "stream-processor.log"), "wb")
+    log = open(os.path.join(workdir, "logs", "stream-processor.log"), "ab")
     p = subprocess.Popen([os.path.join(build, "bin", "stream-processor"), "-c", cfg], env=env,
                          stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     t_first = c_first = None
@@ -250,24 +288,21 @@ def main():
     rc = p.wait(60)
     log.close()
     if t_first is None or ev < EVENTS:
-        print(json.dumps({"error": f"processed {ev} of {EVENTS}", "exit": rc}))
-        return 1
+        return {"error": f"run {k + 1} processed {ev} of {EVENTS}", "exit": rc}
     rate = (ev - ev_first) / (t_end - t_first)
     cpu = (c_end - c_first) / CLK / (t_end - t_first)
-    print(json.dumps({"events_per_s": round(rate), "raw_per_s": round(raw),
-                      "ratio": round(rate / raw, 3), "cpu_cores": round(cpu, 2),
-                      "events_per_cpu_s": round(rate / cpu) if cpu else None,
-                      "broker_cpu_cores": round((b_end - b_first) / CLK / (t_end - t_first), 2)
-                      if bpid else None,
-                      "redis_cpu_cores": round((r_end - r_first) / CLK / (t_end - t_first), 2)
-                      if rpid else None,
-                      "idle_cores": round((i_end - i_first) / CLK / (t_end - t_first), 2),
-                      "rss_mib_peak": round(hwm, 1), "robots": int(robots),
-                      "commits": int(extra.get("stream_txn_commit_seconds_count", 0)),
-                      "commit_ms_avg": round(1000 * extra.get("stream_txn_commit_seconds_sum", 0) /
-                                             max(1, extra.get("stream_txn_commit_seconds_count", 0)), 1),
-                      "fetch_wakes": int(extra.get("stream_fetch_wakes_total", 0)), "exit": rc}))
-    return 0 if rc == 0 else 1
+    return {"events_per_s": round(rate), "cpu_cores": round(cpu, 2),
+            "events_per_cpu_s": round(rate / cpu) if cpu else None,
+            "broker_cpu_cores": round((b_end - b_first) / CLK / (t_end - t_first), 2)
+            if bpid else None,
+            "redis_cpu_cores": round((r_end - r_first) / CLK / (t_end - t_first), 2)
+            if rpid else None,
+            "idle_cores": round((i_end - i_first) / CLK / (t_end - t_first), 2),
+            "rss_mib_peak": round(hwm, 1), "robots": int(robots),
+            "commits": int(extra.get("stream_txn_commit_seconds_count", 0)),
+            "commit_ms_avg": round(1000 * extra.get("stream_txn_commit_seconds_sum", 0) /
+                                   max(1, extra.get("stream_txn_commit_seconds_count", 0)), 1),
+            "fetch_wakes": int(extra.get("stream_fetch_wakes_total", 0)), "exit": rc}
 
 
 if __name__ == "__main__":
