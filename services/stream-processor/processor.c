@@ -1500,10 +1500,10 @@ static int produce_items(struct processor *p)
         const struct cl_item *it = &h->items[i];
         if (it->kind == CL_STATE || it->partition < 0)
             continue;
-        uint8_t topics =
-            1 |
-            (it->kind == CL_DELETE || (i + 1 < h->nitems && h->items[i + 1].kind == CL_STATE) ? 2
-                                                                                              : 0);
+        /* the changelog always; robot.state.v1 with a tombstone or a state message */
+        bool state =
+            it->kind == CL_DELETE || (i + 1 < h->nitems && h->items[i + 1].kind == CL_STATE);
+        uint8_t topics = state ? 3 : 1;
         uint8_t *o = &h->opened[it->partition];
         if ((topics & ~*o) == 0)
             continue;
