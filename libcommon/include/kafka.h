@@ -133,6 +133,8 @@ struct kafka_msg *kafka_consumer_poll(struct kafka_consumer *c, int timeout_ms);
  */
 size_t kafka_consumer_poll_batch(struct kafka_consumer *c, int timeout_ms, struct kafka_msg **out,
                                  size_t max);
+/* Messages (and events) waiting in the consumer queue, not yet polled. */
+size_t kafka_consumer_queued(struct kafka_consumer *c);
 /* Commits offset+1 of m for its partition (synchronously unless async). */
 int kafka_consumer_commit_msg(struct kafka_consumer *c, const struct kafka_msg *m, bool async);
 /* Commits the current positions of every assigned partition. */

@@ -737,6 +737,13 @@ size_t kafka_consumer_poll_batch(struct kafka_consumer *c, int timeout_ms, struc
     return n > 0 ? (size_t)n : 0;
 }
 
+size_t kafka_consumer_queued(struct kafka_consumer *c)
+{
+    if (!c || !c->queue)
+        return 0;
+    return rd_kafka_queue_length(c->queue);
+}
+
 static int commit_list(struct kafka_consumer *c, const rd_kafka_topic_partition_list_t *list,
                        bool async)
 {

@@ -90,7 +90,8 @@
  *
  * Locking. One mutex guards the state; the processing thread holds it while it
  * handles a message, fires timers or commits, HTTP readers hold it briefly.
- * The Redis mirror has a thread, a connection and a queue (mq_mu) of its own.
+ * The Redis mirror has a thread, a connection and a queue (mq_mu) of its own;
+ * the fetch waker (wake_fetcher) a thread and a one-partition slot (wk_mu).
  *
  * Hot path. Messages come from the consumer POLL_BATCH at a time (one queue
  * lock, state lock and clock reading a batch, not a message; no offset store,
@@ -147,7 +148,8 @@
 #define INSTANCE_MAX     96
 #define DEFER_MS         250 /* a deadline of a partition that lags is looked at again after this */
 #define PING_MS          1000
-#define WAKE_MS          5    /* wake_fetcher asks at most this often */
+#define WAKE_MS          3    /* wake_fetcher asks at most this often */
+#define WAKE_LOW         1000 /* messages left in the consumer queue that wake the fetcher */
 #define POLL_BATCH       64   /* messages taken from the consumer at once */
 #define QUIET_MS         1500 /* nothing read this long while deadlines are due: ask the broker */
 
@@ -367,6 +369,15 @@ struct processor {
     pthread_t committer;
     bool committer_running;
     bool inflight; /* a handed-off cycle awaits its commit (the processing thread's view) */
+
+    /* the fetch waker thread (wk_mu): asks for the high watermark of the partition wake_fetcher
+     * chose, so the processing thread goes on meanwhile */
+    pthread_mutex_t wk_mu;
+    pthread_cond_t wk_cond;
+    int32_t wk_part; /* the partition to ask about, -1: none */
+    bool wk_quit, waker_running;
+    atomic_bool wk_failed; /* the last question got no answer */
+    pthread_t waker;
     struct handoff ho;
     struct deferred_out *outq;
     size_t nout, out_cap;
@@ -1412,6 +1423,20 @@ static int mirror_start(struct processor *p)
     return 0;
 }
 
+/* Tells a helper thread waiting on cond to quit and joins it, if it is running. */
+static void thread_end(bool *running, pthread_mutex_t *mu, pthread_cond_t *cond, bool *quit,
+                       pthread_t thread)
+{
+    if (!*running)
+        return;
+    pthread_mutex_lock(mu);
+    *quit = true;
+    pthread_cond_broadcast(cond);
+    pthread_mutex_unlock(mu);
+    pthread_join(thread, NULL);
+    *running = false;
+}
+
 /* Writes what is queued, then stops the mirror thread. */
 static void mirror_stop(struct processor *p)
 {
@@ -1582,14 +1607,7 @@ static int committer_start(struct processor *p)
 /* After the processing thread ended: nothing is in flight any more. */
 static void committer_stop(struct processor *p)
 {
-    if (!p->committer_running)
-        return;
-    pthread_mutex_lock(&p->cm_mu);
-    p->cm_quit = true;
-    pthread_cond_broadcast(&p->cm_cond);
-    pthread_mutex_unlock(&p->cm_mu);
-    pthread_join(p->committer, NULL);
-    p->committer_running = false;
+    thread_end(&p->committer_running, &p->cm_mu, &p->cm_cond, &p->cm_quit, p->committer);
 }
 
 /*
@@ -2258,11 +2276,65 @@ static void event_flows(struct processor *p)
 }
 
 /*
- * The consumer's queue ran dry while an events partition is known to have more
- * (its last fetched high watermark is beyond what was read). With librdkafka
- * 2.0 that is the fetcher resting after the prefetch queue filled (during a
- * commit, or while processing was slower than fetching): it would look again
- * only within a second. A ListOffsets request to the leader wakes it now.
+ * Asks the leader of events partition i for its high watermark; the request
+ * wakes the fetcher (wake_fetcher). 0 or negative (no answer).
+ */
+static int ask_high(struct processor *p, int32_t i)
+{
+    int64_t high = -1;
+    int rc = kafka_consumer_query_high(p->consumer, TOPIC_ROBOT_EVENTS, i, 200, &high);
+    if (rc == 0)
+        metric_add(p->m_wakes, 1);
+    return rc;
+}
+
+static void *waker_run(void *arg)
+{
+    struct processor *p = arg;
+    pthread_setname_np(pthread_self(), "sp-fetch");
+    pthread_mutex_lock(&p->wk_mu);
+    for (;;) {
+        while (p->wk_part < 0 && !p->wk_quit)
+            pthread_cond_wait(&p->wk_cond, &p->wk_mu);
+        if (p->wk_quit)
+            break;
+        int32_t i = p->wk_part;
+        pthread_mutex_unlock(&p->wk_mu);
+        if (ask_high(p, i) != 0)
+            atomic_store(&p->wk_failed, true);
+        pthread_mutex_lock(&p->wk_mu);
+        p->wk_part = -1;
+    }
+    pthread_mutex_unlock(&p->wk_mu);
+    return NULL;
+}
+
+/* Once the consumer exists; without the thread wake_fetcher asks itself. */
+static void waker_start(struct processor *p)
+{
+    p->wk_part = -1;
+    p->wk_quit = false;
+    int rc = pthread_create(&p->waker, NULL, waker_run, p);
+    if (rc)
+        LOG_WARN("no fetch waker thread (%s): the processing thread wakes the fetcher",
+                 strerror(rc));
+    p->waker_running = rc == 0;
+}
+
+/* Before the consumer goes. */
+static void waker_stop(struct processor *p)
+{
+    thread_end(&p->waker_running, &p->wk_mu, &p->wk_cond, &p->wk_quit, p->waker);
+}
+
+/*
+ * The consumer's queue runs low (fewer than WAKE_LOW messages) or dry while
+ * an events partition is known to have more (its last fetched high watermark
+ * is beyond what was read). With librdkafka 2.0 that is the fetcher resting
+ * after the prefetch queue filled (during a commit, or while processing was
+ * faster than fetching): it would look again only within a second. A
+ * ListOffsets request to the leader wakes it now; the waker thread sends it,
+ * so the next fetch is under way while the rest of the queue is processed.
  */
 static void wake_fetcher(struct processor *p)
 {
@@ -2270,6 +2342,10 @@ static void wake_fetcher(struct processor *p)
     if (mono < p->next_wake_ms || !p->fetch_ok)
         return;
     p->next_wake_ms = mono + WAKE_MS;
+    if (atomic_exchange(&p->wk_failed, false)) {
+        p->next_wake_ms = mono + 1000; /* the broker does not answer: the errors path acts */
+        return;
+    }
     /* one partition per call, round robin: one request wakes its leader's fetcher for all the
      * partitions it leads */
     for (size_t k = 0; k < p->npos; k++) {
@@ -2281,10 +2357,17 @@ static void wake_fetcher(struct processor *p)
             high <= ps->next)
             continue;
         p->wake_next = i + 1;
-        if (kafka_consumer_query_high(p->consumer, TOPIC_ROBOT_EVENTS, (int32_t)i, 200, &high) == 0)
-            metric_add(p->m_wakes, 1);
-        else
-            p->next_wake_ms = mono + 1000; /* the broker does not answer: the errors path acts */
+        if (!p->waker_running) {
+            if (ask_high(p, (int32_t)i) != 0)
+                p->next_wake_ms = mono + 1000;
+            return;
+        }
+        pthread_mutex_lock(&p->wk_mu);
+        if (p->wk_part < 0) { /* else the last question is still out: it wakes the fetcher */
+            p->wk_part = (int32_t)i;
+            pthread_cond_signal(&p->wk_cond);
+        }
+        pthread_mutex_unlock(&p->wk_mu);
         return;
     }
 }
@@ -2904,6 +2987,7 @@ static void *run(void *arg)
         backoff_ms = backoff_ms < 8000 ? backoff_ms * 2 : 8000;
     }
     atomic_store(&p->running, true);
+    waker_start(p);
     struct kafka_msg *batch[POLL_BATCH];
     size_t nbatch = 0, next = 0;
     while (!atomic_load(&p->stop)) {
@@ -2916,8 +3000,9 @@ static void *run(void *arg)
             }
             nbatch = kafka_consumer_poll_batch(p->consumer, wait, batch, POLL_BATCH);
             next = 0;
-            if (nbatch == 0)
-                wake_fetcher(p); /* reads only what this thread writes: no lock */
+            /* reads only what this thread writes: no lock */
+            if (nbatch == 0 || kafka_consumer_queued(p->consumer) < WAKE_LOW)
+                wake_fetcher(p);
         }
         unsigned rewinds = p->rewinds;
         /* one reading of each clock and one lock of the state a batch, not a message: a
@@ -2956,6 +3041,7 @@ static void *run(void *arg)
     else
         commit_wait(p);
     pthread_mutex_unlock(&p->mu);
+    waker_stop(p);
     /* Leaving the group revokes everything through on_rebalance on this thread. */
     kafka_consumer_free(p->consumer);
     p->consumer = NULL;
@@ -3066,7 +3152,7 @@ static void register_metrics(struct processor *p, struct metrics *m)
         "Heartbeat deadlines put off because the robot's partition had not caught up", 0, NULL);
     p->m_wakes = metrics_counter(
         m, "stream_fetch_wakes_total",
-        "Times the consumer's queue ran dry behind the high watermark and the fetcher was woken", 0,
+        "Times the consumer's queue ran low behind the high watermark and the fetcher was woken", 0,
         NULL);
 }
 
@@ -3084,6 +3170,8 @@ struct processor *processor_new(struct service *svc, char *errbuf, size_t errsiz
     pthread_cond_init(&p->mq_drained, NULL);
     pthread_mutex_init(&p->cm_mu, NULL);
     pthread_cond_init(&p->cm_cond, NULL);
+    pthread_mutex_init(&p->wk_mu, NULL);
+    pthread_cond_init(&p->wk_cond, NULL);
     buf_init(&p->out_buf, OUT_MAX_BYTES);
     buf_init(&p->cm_buf, OUT_MAX_BYTES);
     time_cache_init(&p->cm_tc);
@@ -3220,6 +3308,8 @@ void processor_free(struct processor *p)
     pthread_mutex_destroy(&p->mq_mu);
     pthread_cond_destroy(&p->cm_cond);
     pthread_mutex_destroy(&p->cm_mu);
+    pthread_cond_destroy(&p->wk_cond);
+    pthread_mutex_destroy(&p->wk_mu);
     pthread_mutex_destroy(&p->mu);
     pthread_mutex_destroy(&p->settings_mu);
     free(p);
