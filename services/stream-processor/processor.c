@@ -150,7 +150,7 @@
 #define PING_MS          1000
 #define WAKE_MS          3    /* wake_fetcher asks at most this often */
 #define WAKE_LOW         1000 /* messages left in the consumer queue that wake the fetcher */
-#define POLL_BATCH       64   /* messages taken from the consumer at once */
+#define POLL_BATCH       256  /* messages taken from the consumer at once */
 #define QUIET_MS         1500 /* nothing read this long while deadlines are due: ask the broker */
 
 static const char *const topic_names[NTOPICS] = {TOPIC_ROBOT_EVENTS, TOPIC_ROBOT_COMMAND_STATUS,
