@@ -2332,7 +2332,7 @@ static void waker_stop(struct processor *p)
  * an events partition is known to have more (its last fetched high watermark
  * is beyond what was read). With librdkafka 2.0 that is the fetcher resting
  * after the prefetch queue filled (during a commit, or while processing was
- * faster than fetching): it would look again only within a second. A
+ * slower than fetching): it would look again only within a second. A
  * ListOffsets request to the leader wakes it now; the waker thread sends it,
  * so the next fetch is under way while the rest of the queue is processed.
  */
