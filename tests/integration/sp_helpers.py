@@ -119,15 +119,18 @@ def commands_for(robots, timeout=8):
     return [m["value"] for m in read_topic(COMMANDS, set(robots), timeout) if m["value"]]
 
 
-def start_sp(workdir, infra, name="sp", group=None, instance=None, env=None, **stream):
-    """Starts build/<BUILD>/bin/stream-processor with small test thresholds."""
+def start_sp(workdir, infra, name="sp", group=None, instance=None, env=None, kafka=None,
+             **stream):
+    """Starts build/<BUILD>/bin/stream-processor with small test thresholds
+    (kafka: librdkafka properties added to kafka.properties)."""
     settings = {"offline_after_s": 2, "fault_threshold": 3, "fault_window_s": 10,
                 "allowed_lateness_s": 5, "reboot_grace_s": 600, "cycle_ms": 50,
                 "mirror_heartbeat_s": 0}
     settings.update(stream)
     cfg = workdir / f"{name}.yaml"
     lines = ["log:", "  level: info", "kafka:", "  properties:",
-             "    session.timeout.ms: 6000", "    heartbeat.interval.ms: 500", "stream:"]
+             "    session.timeout.ms: 6000", "    heartbeat.interval.ms: 500"]
+    lines += [f"    {k}: {v}" for k, v in (kafka or {}).items()] + ["stream:"]
     lines += [f"  {k}: {str(v).lower() if isinstance(v, bool) else v}" for k, v in settings.items()]
     cfg.write_text("\n".join(lines) + "\n")
     e = {"STREAM_GROUP_ID": group or "sp-test-" + uuid.uuid4().hex[:8],

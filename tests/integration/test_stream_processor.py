@@ -1,6 +1,7 @@
 """stream-processor against real Apache Kafka and Redis: offline and fault-storm
 rules, lateness, duplicates, poison messages, hot config, crash consistency
-under kill -9, and a rebalance between two instances."""
+under kill -9, a rebalance between two instances, and waking the fetcher
+behind a backlog larger than the prefetch queue."""
 
 import hashlib
 import json
@@ -680,3 +681,39 @@ def test_backlog_defers_offline_verdicts_until_caught_up(exclusive, infra, tmp_p
             th.join()
     assert b.stop() == 0
 
+
+def test_backlog_beyond_the_prefetch_queue_wakes_the_fetcher(exclusive, infra, tmp_path):
+    """librdkafka 2.0 stops fetching while its prefetch queue is full and looks
+    again only when its broker thread wakes, up to a second later; the
+    processor wakes it (a ListOffsets request) when the queue runs low. With a
+    1 KiB queue and fetches of ~8 KiB per partition, 3,000 events in small
+    record batches need many fetches: they are all read, and the fetcher was
+    woken."""
+    p = start_sp(tmp_path, infra, name="wake", offline_after_s=3600,
+                 kafka={"queued.max.messages.kbytes": 1, "max.partition.fetch.bytes": 8192})
+    try:
+        p.wait_ready()
+        wait_assigned(p)
+        failed = []
+        small = Producer({"bootstrap.servers": os.environ["KAFKA_BOOTSTRAP_SERVERS"],
+                          "batch.size": 2048, "linger.ms": 0})
+        robots = [uid("wake") for _ in range(30)]
+        base = time.time()
+        for k in range(100):
+            for rb in robots:
+                at, eid = iso(base + k * 0.01), uid("evt")
+                ce = {"specversion": "1.0", "id": eid, "source": "/webhook-ingest/acme",
+                      "type": "robot.heartbeat", "subject": rb, "time": at,
+                      "datacontenttype": "application/json",
+                      "data": {"type": "robot.heartbeat", "robot_id": rb, "occurred_at": at,
+                               "id": eid, "data": {}, "source": "acme", "received_at": at}}
+                small.produce(EVENTS, key=rb, value=json.dumps(ce),
+                              on_delivery=lambda err, _m: err and failed.append(err))
+            small.poll(0)
+        assert small.flush(30) == 0 and not failed, failed[:3]
+        want = iso(base + 0.99)
+        wait_for(lambda: all(state(p, rb)[1].get("last_heartbeat_at") == want for rb in robots),
+                 120, "every robot's last heartbeat applied")
+        assert (metric(p, "stream_fetch_wakes_total") or 0) > 0, "the fetcher was never woken"
+    finally:
+        assert p.stop() == 0
