@@ -682,18 +682,21 @@ def test_backlog_defers_offline_verdicts_until_caught_up(exclusive, infra, tmp_p
     assert b.stop() == 0
 
 
-def test_backlog_beyond_the_prefetch_queue_wakes_the_fetcher(exclusive, infra, tmp_path):
+def test_backlog_beyond_the_prefetch_queue_wakes_the_fetcher(exclusive, infra, tmp_path,
+                                                              private_kafka, monkeypatch):
     """librdkafka 2.0 stops fetching while its prefetch queue is full and looks
     again only when its broker thread wakes, up to a second later; the
     processor wakes it (a ListOffsets request) when the queue runs low. With a
     1 KiB queue and fetches of ~8 KiB per partition, 3,000 events in small
     record batches need many fetches: they are all read, and the fetcher was
-    woken."""
+    woken. (A broker of its own: the restore reads the changelog with the same
+    small fetches, and the shared one holds every other test's records.)"""
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", private_kafka.bootstrap)
     p = start_sp(tmp_path, infra, name="wake", offline_after_s=3600,
                  kafka={"queued.max.messages.kbytes": 1, "max.partition.fetch.bytes": 8192})
     try:
-        p.wait_ready()
-        wait_assigned(p)
+        p.wait_ready(90)
+        wait_assigned(p, 60)
         failed = []
         small = Producer({"bootstrap.servers": os.environ["KAFKA_BOOTSTRAP_SERVERS"],
                           "batch.size": 2048, "linger.ms": 0})
