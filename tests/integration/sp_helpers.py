@@ -42,9 +42,10 @@ def ms(ts):
 class Feed:
     """Produces CloudEvents like webhook-ingest (idempotent, acks=all)."""
 
-    def __init__(self):
+    def __init__(self, conf=None):
         self.p = Producer({"bootstrap.servers": os.environ["KAFKA_BOOTSTRAP_SERVERS"],
-                           "enable.idempotence": True, "linger.ms": 2})
+                           "enable.idempotence": True, "linger.ms": 2, **(conf or {})})
+        self.failed = []  # delivery errors
 
     def event(self, robot, etype, at, data=None, ce_id=None, flush=True):
         ce_id = ce_id or "evt_" + uuid.uuid4().hex
@@ -54,7 +55,8 @@ class Feed:
               "subject": robot, "time": iso(at), "datacontenttype": "application/json",
               "data": body}
         self.p.produce(EVENTS, key=robot, value=json.dumps(ce),
-                       headers=[("traceparent", "00-" + uuid.uuid4().hex + "-" + uuid.uuid4().hex[:16] + "-01")])
+                       headers=[("traceparent", "00-" + uuid.uuid4().hex + "-" + uuid.uuid4().hex[:16] + "-01")],
+                       on_delivery=lambda err, _m: err and self.failed.append(err))
         if flush:
             self.p.flush(10)
         return ce_id

@@ -14,7 +14,7 @@ import uuid
 
 import pytest
 import redis
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 
 from conftest import wait_for
 from sp_helpers import (DLQ, EVENTS, STATE, T0, Feed, commands_for, iso, kill_started, metric, ms,
@@ -517,10 +517,7 @@ def test_rebalance_moves_state_between_two_instances(exclusive, infra, tmp_path,
 def fast_feed():
     """A Feed whose producer reconnects quickly after a broker restart (librdkafka
     backs off up to 10 s by default) and never blocks on a broker that is away."""
-    f = Feed()
-    f.p = Producer({"bootstrap.servers": os.environ["KAFKA_BOOTSTRAP_SERVERS"],
-                    "enable.idempotence": True, "linger.ms": 2, "reconnect.backoff.max.ms": 500})
-    return f
+    return Feed({"reconnect.backoff.max.ms": 500})
 
 
 def heartbeats(feed, robots, stop, period=0.4):
@@ -697,23 +694,14 @@ def test_backlog_beyond_the_prefetch_queue_wakes_the_fetcher(exclusive, infra, t
     try:
         p.wait_ready(90)
         wait_assigned(p, 60)
-        failed = []
-        small = Producer({"bootstrap.servers": os.environ["KAFKA_BOOTSTRAP_SERVERS"],
-                          "batch.size": 2048, "linger.ms": 0})
+        small = Feed({"batch.size": 2048, "linger.ms": 0})  # small record batches
         robots = [uid("wake") for _ in range(30)]
         base = time.time()
         for k in range(100):
             for rb in robots:
-                at, eid = iso(base + k * 0.01), uid("evt")
-                ce = {"specversion": "1.0", "id": eid, "source": "/webhook-ingest/acme",
-                      "type": "robot.heartbeat", "subject": rb, "time": at,
-                      "datacontenttype": "application/json",
-                      "data": {"type": "robot.heartbeat", "robot_id": rb, "occurred_at": at,
-                               "id": eid, "data": {}, "source": "acme", "received_at": at}}
-                small.produce(EVENTS, key=rb, value=json.dumps(ce),
-                              on_delivery=lambda err, _m: err and failed.append(err))
-            small.poll(0)
-        assert small.flush(30) == 0 and not failed, failed[:3]
+                small.event(rb, "robot.heartbeat", base + k * 0.01, flush=False)
+            small.p.poll(0)
+        assert small.p.flush(30) == 0 and not small.failed, small.failed[:3]
         want = iso(base + 0.99)
         wait_for(lambda: all(state(p, rb)[1].get("last_heartbeat_at") == want for rb in robots),
                  120, "every robot's last heartbeat applied")
